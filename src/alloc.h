@@ -1,0 +1,52 @@
+/* alloc.h - the allocation and free fast paths, inline, for alloc.c and
+ * override.c (the top layer). Everything they do not handle falls into one
+ * out-of-line slow path per direction.
+ */
+#ifndef PN_ALLOC_H
+#define PN_ALLOC_H
+
+#include "internal.h"
+
+/* Allocate: the thread's heap -> the page for the size class -> pop its free
+ * list. No lock, no atomic, no call. */
+static inline void *pn_malloc_inline(size_t size) {
+  pn_heap_t *heap = pn_heap_tls;
+  if (PN_LIKELY(size <= PN_DIRECT_SIZE_MAX)) {
+    pn_page_t *page = heap->pages_direct[pn_wsize(size)];
+    pn_block_t *block = page->free;
+    if (PN_LIKELY(block != NULL)) {
+      page->free = block->next;
+      page->used++;
+      return block;
+    }
+  }
+  return pn_heap_malloc_slow(heap, size);
+}
+
+void pn_free_slow(void *p, const char *fn) PN_HIDDEN PN_NOINLINE;
+
+/* Free: a block of a page this thread owns, with no special state, goes on
+ * the page's local free list with no atomics. The test that `p` is the start
+ * of a block (a multiply) catches interior pointers at almost no cost.
+ * Everything else (NULL, foreign pointers, remote frees, full or aligned
+ * pages, huge blocks) goes to pn_free_slow. */
+static inline void pn_free_inline(void *p, const char *fn) {
+  if (PN_LIKELY(pn_segment_map_contains(p))) {
+    pn_segment_t *segment = pn_segment_of(p);
+    pn_page_t *page = pn_segment_page_of(segment, p);
+    pn_heap_t *heap = pn_heap_tls;
+    /* The owner test reads xowner relaxed: only this thread can have stored
+     * its own heap there, so equality is never stale. */
+    if (PN_LIKELY((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap &&
+                  page->flags.all == 0 && pn_page_is_block_start(page, p) && !pn_debug)) {
+      pn_block_t *block = p;
+      block->next = page->local_free;
+      page->local_free = block;
+      if (PN_UNLIKELY(--page->used == 0)) pn_heap_page_retire(heap, page);
+      return;
+    }
+  }
+  pn_free_slow(p, fn);
+}
+
+#endif /* PN_ALLOC_H */

@@ -1,0 +1,121 @@
+/* depot.c - the global fallback: segments of threads that exited
+ * (abandoned, still holding live blocks) and free segments cached before they
+ * go back to the OS.
+ *
+ * Layer: below segment.c and heap.c, above os.c. Built on liburcu's
+ * lock-free stack (urcu/lfstack.h) and the urcu-bp flavor, made for
+ * libraries whose threads never register: a pantry thread becomes an RCU
+ * reader the first time it pops, and nothing else about it changes. The
+ * host program may use any other flavor for its own readers; the flavors do
+ * not interact.
+ *
+ * Shared state: the two stacks and the cache count; every thread pops,
+ * only the call_rcu worker pushes.
+ *
+ * Why no pop suffers ABA, and why no pop reads freed memory:
+ *   A pop reads head, then head->next, then CASes head -> next. It goes wrong
+ *   only if, between its read of head and its CAS, that same segment is
+ *   popped by another thread and pushed again (ABA: the CAS succeeds with a
+ *   stale next), or popped and unmapped (the read of head->next faults).
+ *   Every pop runs inside an urcu-bp read-side critical section, and a
+ *   segment that was ever popped goes back to a stack, or to the OS, only
+ *   from an RCU callback (call_rcu): after a grace period, that is, after
+ *   every read-side critical section that was running when it was popped has
+ *   ended. So while a pop is in progress, no segment it can see as head is
+ *   pushed again or unmapped; the pop's CAS either sees the head it read,
+ *   with the next it read (correct), or fails and retries. This is
+ *   technique 1 of __cds_lfs_pop's documentation.
+ *
+ * No lock: __cds_lfs_pop and cds_lfs_push are a CAS loop each; call_rcu
+ * enqueues on a wait-free queue and wakes the worker. The urcu-bp
+ * registration a thread makes on its first read-side section takes liburcu's
+ * registry mutex once per thread (one-time initialisation).
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* Free segments kept mapped (purged) for reuse, at most this many. */
+#define DEPOT_CACHE_MAX 16
+
+static struct __cds_lfs_stack depot_abandoned; /* segments with live blocks */
+static struct __cds_lfs_stack depot_cached;    /* empty segments, purged */
+static pn_atomic_uintptr_t depot_xcached_count;    /* atomic relaxed: a bound, not an exact count */
+
+static pn_segment_t *depot_pop(struct __cds_lfs_stack *stack) {
+  /* racy: a plain peek; an empty-looking stack just means "try later". */
+  if (cds_lfs_empty(stack)) return NULL;
+  urcu_bp_read_lock();
+  struct cds_lfs_node *node = __cds_lfs_pop(stack);
+  urcu_bp_read_unlock();
+  return node ? caa_container_of(node, pn_segment_t, depot_node) : NULL;
+}
+
+static void depot_push(struct __cds_lfs_stack *stack, pn_segment_t *segment) {
+  cds_lfs_node_init(&segment->depot_node);
+  cds_lfs_push(stack, &segment->depot_node);
+}
+
+/* call_rcu callbacks: a grace period has passed since the segment was last
+ * popped (see the comment at the top). They run on liburcu's worker thread. */
+
+static void depot_abandon_rcu(struct rcu_head *head) {
+  pn_segment_t *segment = caa_container_of(head, pn_segment_t, rcu_head);
+  depot_push(&depot_abandoned, segment);
+}
+
+static void depot_release_rcu(struct rcu_head *head) {
+  pn_segment_t *segment = caa_container_of(head, pn_segment_t, rcu_head);
+  if (pn_atomic_fetch_add_relaxed(&depot_xcached_count, 1) < DEPOT_CACHE_MAX) {
+    /* Keep the mapping, give the memory back; the header page stays. */
+    pn_os_purge((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE,
+                PN_SEGMENT_SIZE - PN_SEGMENT_HEADER_SIZE);
+    depot_push(&depot_cached, segment);
+    return;
+  }
+  pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
+  pn_segment_map_set(segment, false);
+  segment->cookie = 0;
+  pn_os_free(segment, segment->mapping_size);
+}
+
+/* Hand a segment that still holds live blocks to the depot. The caller has
+ * set segment->xowner to 0 and no longer touches the segment. */
+void pn_depot_abandon(pn_segment_t *segment) {
+  urcu_bp_call_rcu(&segment->rcu_head, depot_abandon_rcu);
+}
+
+/* Hand an empty segment to the depot: cached (purged) or unmapped. */
+void pn_depot_release(pn_segment_t *segment) {
+  pn_atomic_store_relaxed(&segment->xowner, 0);
+  urcu_bp_call_rcu(&segment->rcu_head, depot_release_rcu);
+}
+
+/* An abandoned segment for the calling thread to adopt, or NULL. */
+pn_segment_t *pn_depot_adopt(void) { return depot_pop(&depot_abandoned); }
+
+/* A cached empty segment, or NULL. */
+pn_segment_t *pn_depot_take_cached(void) {
+  pn_segment_t *segment = depot_pop(&depot_cached);
+  if (segment != NULL) pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
+  return segment;
+}
+
+/* fork: liburcu's call_rcu worker and the urcu-bp registry must be quiesced
+ * around fork (liburcu's README, "Interaction with fork()"). pantry's own
+ * allocation paths hold no lock, so these handlers cannot deadlock with a
+ * malloc that a callback makes. */
+void pn_depot_fork_prepare(void) {
+  urcu_bp_call_rcu_before_fork();
+  urcu_bp_before_fork();
+}
+
+void pn_depot_fork_parent(void) {
+  urcu_bp_after_fork_parent();
+  urcu_bp_call_rcu_after_fork_parent();
+}
+
+void pn_depot_fork_child(void) {
+  urcu_bp_after_fork_child();
+  urcu_bp_call_rcu_after_fork_child();
+}

@@ -1,0 +1,483 @@
+/* heap.c - thread heaps: their lifecycle (creation on first use, abandonment
+ * at thread exit through a pthread key destructor) and the slow paths of
+ * allocation and free.
+ *
+ * Layer: below alloc.c; calls page.c, segment.c, depot.c, os.c.
+ * Shared state: none of a heap's fields. Other threads reach its pages only
+ * through page->xthread_free (remote frees) and segment->xfull_freed (a
+ * parked full page got a remote free); see page.c for both protocols.
+ *
+ * Thread states, by the value of pn_heap_tls:
+ *   &pn_heap_empty  no heap yet: the first allocation creates one;
+ *   a heap          the thread's own;
+ *   &pn_heap_done   its heap was abandoned by the key destructor (the thread
+ *                   is exiting): allocations go to the fallback.
+ * The sentinels' pages_direct all point at pn_page_empty, whose free list is
+ * empty, so the fast path needs no extra test to land in the slow path.
+ *
+ * The fallback: a block allocated before pantry is initialised, while this
+ * thread is initialising it, or after this thread's heap is gone gets a huge
+ * segment of its own (a mapping, freed with munmap by whichever thread frees
+ * it). Rare, never shared, so it needs no lock and cannot crash.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "internal.h"
+
+pn_page_t pn_page_empty;
+
+static pn_heap_t pn_heap_empty = {
+    .pages_direct = {[0 ... PN_DIRECT_WSIZE_MAX] = &pn_page_empty},
+    .is_sentinel = true,
+};
+static pn_heap_t pn_heap_done = {
+    .pages_direct = {[0 ... PN_DIRECT_WSIZE_MAX] = &pn_page_empty},
+    .is_sentinel = true,
+};
+
+_Thread_local pn_heap_t *pn_heap_tls = &pn_heap_empty;
+static _Thread_local bool heap_tls_initializing;
+
+/* Process state: 0 = not initialised, 1 = a thread is initialising, 2 = ready.
+ * Written once by the initialising thread (acq/rel), read by all. */
+static pn_atomic_uint32_t process_xstate;
+static pthread_key_t heap_key;
+
+/* ------------------------------------------------------------------------ */
+/* Page queues                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* Keep pages_direct in step with the first page of `bin`'s queue. */
+static void heap_queue_first_changed(pn_heap_t *heap, unsigned bin) {
+  size_t size = pn_bin_size(bin);
+  if (bin >= PN_BIN_HUGE || size > PN_DIRECT_SIZE_MAX) return;
+  size_t lo = bin == 1 ? 0 : pn_wsize(pn_bin_size(bin - 1)) + 1;
+  size_t hi = pn_wsize(size);
+  pn_page_t *first = heap->queues[bin].first ? heap->queues[bin].first : &pn_page_empty;
+  for (size_t w = lo; w <= hi; w++) heap->pages_direct[w] = first;
+}
+
+static void heap_queue_push_front(pn_heap_t *heap, unsigned q, pn_page_t *page) {
+  pn_page_queue_t *pq = &heap->queues[q];
+  page->prev = NULL;
+  page->next = pq->first;
+  if (pq->first) pq->first->prev = page;
+  else pq->last = page;
+  pq->first = page;
+  if (q != PN_BIN_FULL) heap_queue_first_changed(heap, q);
+}
+
+static void heap_queue_remove(pn_heap_t *heap, unsigned q, pn_page_t *page) {
+  pn_page_queue_t *pq = &heap->queues[q];
+  bool was_first = pq->first == page;
+  if (page->prev) page->prev->next = page->next;
+  else pq->first = page->next;
+  if (page->next) page->next->prev = page->prev;
+  else pq->last = page->prev;
+  page->next = page->prev = NULL;
+  if (was_first && q != PN_BIN_FULL) heap_queue_first_changed(heap, q);
+}
+
+static void heap_queue_move_to_front(pn_heap_t *heap, unsigned q, pn_page_t *page) {
+  if (heap->queues[q].first == page) return;
+  heap_queue_remove(heap, q, page);
+  heap_queue_push_front(heap, q, page);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Segments of a heap                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* heap->segments[kind] keeps segments that have unused pages before the
+ * ones that are full, so the head tells whether any page is free. */
+static void heap_segment_push(pn_heap_t *heap, pn_segment_t *segment, bool front) {
+  pn_segment_t **list = &heap->segments[segment->kind];
+  segment->prev = NULL;
+  if (front || *list == NULL) {
+    segment->next = *list;
+    if (*list) (*list)->prev = segment;
+    *list = segment;
+    return;
+  }
+  pn_segment_t *last = *list;
+  while (last->next) last = last->next;
+  last->next = segment;
+  segment->prev = last;
+}
+
+static void heap_segment_remove(pn_heap_t *heap, pn_segment_t *segment) {
+  pn_segment_t **list = &heap->segments[segment->kind];
+  if (segment->prev) segment->prev->next = segment->next;
+  else *list = segment->next;
+  if (segment->next) segment->next->prev = segment->prev;
+  segment->next = segment->prev = NULL;
+}
+
+/* An empty segment: keep one per heap for reuse, give the rest to the depot. */
+static void heap_segment_empty(pn_heap_t *heap, pn_segment_t *segment) {
+  heap_segment_remove(heap, segment);
+  if (heap->empty_segment == NULL) {
+    heap->empty_segment = segment;
+    return;
+  }
+  pn_depot_release(segment);
+}
+
+/* Return an empty page to its segment; owner only. */
+static void heap_page_release(pn_heap_t *heap, pn_page_t *page) {
+  pn_segment_t *segment = pn_page_segment(page);
+  bool was_full = segment->used_pages == segment->page_count;
+  pn_segment_page_release(segment, page);
+  if (segment->used_pages == 0) {
+    heap_segment_empty(heap, segment);
+  } else if (was_full) {
+    heap_segment_remove(heap, segment);
+    heap_segment_push(heap, segment, true);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The full state                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Take a parked page back into its bin's queue. Owner only. */
+static void heap_page_unfull(pn_heap_t *heap, pn_page_t *page) {
+  heap_queue_remove(heap, PN_BIN_FULL, page);
+  page->flags.x.in_full = 0;
+  /* Clear the flag if no remote free has (a remote free that cleared it has
+   * set, or will set, our bit in xfull_freed; heap_reclaim_full ignores a
+   * bit whose page is no longer in_full). */
+  pn_atomic_fetch_and_relaxed(&page->xthread_free, ~PN_THREAD_FREE_FULL);
+  pn_page_collect(page);
+  heap_queue_push_front(heap, page->bin, page);
+}
+
+/* Take back every parked page that got a remote free since it was parked.
+ * Returns whether any came back. */
+static bool heap_reclaim_full(pn_heap_t *heap) {
+  bool any = false;
+  for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
+    for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) {
+      if (pn_atomic_load_relaxed(&s->xfull_freed) == 0) continue;
+      /* Acquire: matches the release fetch_or in pn_page_free_remote. */
+      uintptr_t bits = pn_atomic_exchange_acquire(&s->xfull_freed, 0);
+      while (bits) {
+        unsigned i = (unsigned)__builtin_ctzl(bits);
+        bits &= bits - 1;
+        pn_page_t *page = &s->pages[i];
+        if (page->block_size != 0 && page->flags.x.in_full) {
+          heap_page_unfull(heap, page);
+          any = true;
+        }
+      }
+    }
+  }
+  return any;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Adoption                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Make an abandoned segment ours: collect its remote frees, free its empty
+ * pages, queue the others (an emptied segment becomes the heap's spare or
+ * goes back to the depot). */
+static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
+  /* Only this thread writes xowner now: we popped the segment. Relaxed: the
+   * pop's CAS (a full barrier in liburcu) already ordered the abandoning
+   * owner's writes before ours. */
+  pn_atomic_store_relaxed(&segment->xowner, (uintptr_t)heap);
+  pn_atomic_exchange_acquire(&segment->xfull_freed, 0);
+  heap->adopted++;
+  heap_segment_push(heap, segment, segment->used_pages < segment->page_count);
+  for (uint32_t i = 0; i < segment->page_count; i++) {
+    pn_page_t *page = &segment->pages[i];
+    if (page->block_size == 0) continue;
+    page->flags.x.in_full = 0;
+    page->next = page->prev = NULL;
+    pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
+    if (page->used == 0) {
+      heap_page_release(heap, page);
+      if (segment->used_pages == 0) return;
+      continue;
+    }
+    heap_queue_push_front(heap, page->bin, page);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Finding a page with a free block                                         */
+/* ------------------------------------------------------------------------ */
+
+static pn_page_t *heap_page_fresh(pn_heap_t *heap, unsigned bin) {
+  pn_page_kind_t kind = pn_bin_kind(bin);
+  pn_segment_t *segment = heap->segments[kind];
+  if (segment == NULL || segment->used_pages == segment->page_count) {
+    if (heap->empty_segment != NULL) {
+      segment = heap->empty_segment;
+      heap->empty_segment = NULL;
+      pn_segment_format(segment, kind);
+    } else {
+      segment = pn_segment_alloc(kind);
+      if (segment == NULL) return NULL;
+    }
+    pn_atomic_store_relaxed(&segment->xowner, (uintptr_t)heap);
+    heap_segment_push(heap, segment, true);
+  }
+  pn_page_t *page = pn_segment_page_take(segment);
+  if (segment->used_pages == segment->page_count && segment->next != NULL) {
+    heap_segment_remove(heap, segment);
+    heap_segment_push(heap, segment, false);
+  }
+  pn_page_format(page, pn_bin_size(bin), bin, NULL);
+  pn_page_extend(page);
+  heap_queue_push_front(heap, bin, page);
+  return page;
+}
+
+/* A page of `bin` with at least one free block, at the front of its queue. */
+static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
+  for (int attempt = 0; attempt < 8; attempt++) {
+    pn_page_t *page = heap->queues[bin].first;
+    while (page != NULL) {
+      pn_page_t *next = page->next;
+      pn_page_collect(page);
+      if (page->free == NULL) pn_page_extend(page);
+      if (page->free != NULL) {
+        heap_queue_move_to_front(heap, bin, page);
+        return page;
+      }
+      if (pn_page_try_mark_full(page)) {
+        heap_queue_remove(heap, bin, page);
+        heap_queue_push_front(heap, PN_BIN_FULL, page);
+      } else {
+        next = page; /* a remote free arrived: collect it */
+      }
+      page = next;
+    }
+    /* Nothing in the queue: parked pages that got remote frees, then an
+     * abandoned segment, then a fresh page. */
+    if (heap_reclaim_full(heap) && heap->queues[bin].first != NULL) continue;
+    if (heap->empty_segment == NULL &&
+        (heap->segments[pn_bin_kind(bin)] == NULL ||
+         heap->segments[pn_bin_kind(bin)]->used_pages ==
+             heap->segments[pn_bin_kind(bin)]->page_count)) {
+      pn_segment_t *abandoned = pn_depot_adopt();
+      if (abandoned != NULL) {
+        heap_adopt(heap, abandoned);
+        continue;
+      }
+    }
+    return heap_page_fresh(heap, bin);
+  }
+  return heap_page_fresh(heap, bin);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The fallback                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void *heap_fallback_alloc(size_t size, size_t align) {
+  void *block;
+  if (pn_segment_alloc_huge(size, align, &block) == NULL) return NULL;
+  return block;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifecycle                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void heap_abandon(pn_heap_t *heap);
+
+static void heap_key_destructor(void *value) {
+  pn_heap_t *heap = value;
+  if (heap == NULL || heap->is_sentinel) return;
+  pn_heap_tls = &pn_heap_done;
+  heap_abandon(heap);
+}
+
+static void process_fork_prepare(void) { pn_depot_fork_prepare(); }
+static void process_fork_parent(void) { pn_depot_fork_parent(); }
+static void process_fork_child(void) { pn_depot_fork_child(); }
+
+/* One-time process initialisation. Lock-free: a thread that finds another
+ * thread initialising does not wait; its allocation uses the fallback. */
+void pn_process_init(void) {
+  uint32_t state = 0;
+  if (!pn_atomic_cas_strong_acq_rel32(&process_xstate, &state, 1)) return;
+  heap_tls_initializing = true;
+  uintptr_t key = 0;
+  if (getrandom(&key, sizeof key, GRND_NONBLOCK) != (ssize_t)sizeof key) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    key = (uintptr_t)ts.tv_nsec * 0x9E3779B97F4A7C15u ^ (uintptr_t)&key;
+  }
+  pn_cookie_key = key | 1;
+  if (pthread_key_create(&heap_key, heap_key_destructor) != 0)
+    pn_fatal("pthread_key_create failed: cannot track thread exits");
+  pthread_atfork(process_fork_prepare, process_fork_parent, process_fork_child);
+  heap_tls_initializing = false;
+  pn_atomic_store_release32(&process_xstate, 2);
+}
+
+__attribute__((constructor)) static void process_init_at_load(void) { pn_process_init(); }
+
+static pn_heap_t *heap_create(void) {
+  size_t size = (sizeof(pn_heap_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
+  pn_heap_t *heap = pn_os_alloc_aligned(size, PN_OS_PAGE_SIZE);
+  if (heap == NULL) return NULL;
+  memset(heap, 0, sizeof *heap);
+  for (size_t w = 0; w <= PN_DIRECT_WSIZE_MAX; w++) heap->pages_direct[w] = &pn_page_empty;
+  return heap;
+}
+
+/* The calling thread's heap, created on first use; NULL when the thread must
+ * use the fallback (pantry initialising, or the thread is exiting). */
+pn_heap_t *pn_heap_get_or_init(void) {
+  pn_heap_t *heap = pn_heap_tls;
+  if (PN_LIKELY(!heap->is_sentinel)) return heap;
+  if (heap == &pn_heap_done || heap_tls_initializing) return NULL;
+  if (pn_atomic_load_acquire32(&process_xstate) != 2) {
+    pn_process_init();
+    if (pn_atomic_load_acquire32(&process_xstate) != 2) return NULL;
+  }
+  heap_tls_initializing = true;
+  heap = heap_create();
+  if (heap != NULL) {
+    pn_heap_tls = heap;
+    pthread_setspecific(heap_key, heap);
+  }
+  heap_tls_initializing = false;
+  return heap;
+}
+
+/* Thread exit: free what is empty, abandon the rest to the depot. */
+static void heap_abandon(pn_heap_t *heap) {
+  for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
+    pn_segment_t *segment = heap->segments[kind];
+    while (segment != NULL) {
+      pn_segment_t *next = segment->next;
+      for (uint32_t i = 0; i < segment->page_count; i++) {
+        pn_page_t *page = &segment->pages[i];
+        if (page->block_size == 0) continue;
+        page->flags.x.in_full = 0;
+        pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
+        page->next = page->prev = NULL;
+        if (page->used == 0) pn_segment_page_release(segment, page);
+      }
+      segment->next = segment->prev = NULL;
+      if (segment->used_pages == 0) {
+        pn_depot_release(segment);
+      } else {
+        /* Release: the adopter's pop (a full barrier) sees our page state. */
+        pn_atomic_store_release(&segment->xowner, 0);
+        pn_depot_abandon(segment);
+      }
+      segment = next;
+    }
+  }
+  if (heap->empty_segment) pn_depot_release(heap->empty_segment);
+  size_t size = (sizeof(pn_heap_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
+  pn_os_free(heap, size);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Slow paths                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Everything the fast path does not: a first allocation, an empty free
+ * list, a size above PN_DIRECT_SIZE_MAX, a huge block. */
+void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
+  if (PN_UNLIKELY(heap->is_sentinel)) {
+    heap = pn_heap_get_or_init();
+    if (heap == NULL) return heap_fallback_alloc(size, 16);
+  }
+  if (PN_UNLIKELY(size > PN_LARGE_SIZE_MAX)) {
+    if (size > PTRDIFF_MAX) {
+      errno = ENOMEM;
+      return NULL;
+    }
+    void *block;
+    if (pn_segment_alloc_huge(size, 16, &block) == NULL) return NULL;
+    return block;
+  }
+  unsigned bin = pn_bin(size);
+  pn_page_t *page = heap->queues[bin].first;
+  if (page == NULL || page->free == NULL) {
+    page = heap_find_page(heap, bin);
+    if (page == NULL) {
+      errno = ENOMEM;
+      return NULL;
+    }
+  }
+  pn_block_t *block = page->free;
+  page->free = block->next;
+  page->used++;
+  return block;
+}
+
+/* `size` bytes aligned to `align` (a power of two, 16 < align <=
+ * PN_ALIGN_MAX): a block of size + align - 1 bytes, and a pointer into it.
+ * When the pointer is not the block's start, the page is marked has_aligned
+ * (before the pointer is handed out, so any thread that frees it sees the
+ * mark) and free finds the block's start by division. */
+void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
+  if (size > PTRDIFF_MAX - align) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t padded = size + align - 1;
+  if (padded > PN_LARGE_SIZE_MAX) {
+    void *block;
+    if (pn_segment_alloc_huge(size, align, &block) == NULL) return NULL;
+    return block;
+  }
+  /* The next block of `size`'s class may be aligned already (a class that
+   * is a multiple of `align` in a page whose start is aligned): take it. */
+  if (!heap->is_sentinel) {
+    pn_page_t *first = heap->queues[pn_bin(size)].first;
+    if (first != NULL && first->free != NULL && ((uintptr_t)first->free & (align - 1)) == 0) {
+      pn_block_t *b = first->free;
+      first->free = b->next;
+      first->used++;
+      return b;
+    }
+  }
+  uint8_t *block;
+  block = pn_heap_malloc_slow(heap, padded);
+  if (block == NULL) return NULL;
+  uint8_t *aligned = (uint8_t *)(((uintptr_t)block + align - 1) & ~(uintptr_t)(align - 1));
+  if (aligned != block) {
+    pn_segment_t *segment = pn_segment_of(block);
+    pn_page_t *page = pn_segment_page_of(segment, block);
+    if (segment->kind != PN_PAGE_HUGE) page->flags.x.has_aligned = 1;
+  }
+  return aligned;
+}
+
+/* The page's last block came back (used == 0). Keep the page if it is the
+ * only one of its size class, so alloc/free of one block does not map and
+ * unmap; otherwise hand it back to its segment. Owner only. */
+void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) {
+  if (page->flags.x.in_full) heap_page_unfull(heap, page);
+  pn_page_queue_t *pq = &heap->queues[page->bin];
+  if (pq->first == page && pq->last == page) return;
+  heap_queue_remove(heap, page->bin, page);
+  heap_page_release(heap, page);
+}
+
+/* A free by the owner that the fast path did not take: a page in the full
+ * state or one with aligned blocks. `block` is the block's start. */
+void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block) {
+  if (pn_debug && pn_page_contains_free(page, block))
+    pn_fatal("pantry_free(%p): double free (the block is already free)", (void *)block);
+  block->next = page->local_free;
+  page->local_free = block;
+  page->used--;
+  if (page->flags.x.in_full) heap_page_unfull(heap, page);
+  if (page->used == 0) pn_heap_page_retire(heap, page);
+}

@@ -1,0 +1,313 @@
+/* internal.h - the types and invariants shared by the layers below the
+ * public API, and the functions each file offers to the others.
+ *
+ * Layers, top to bottom (DESIGN.md): alloc.c (public malloc API) -> heap.c
+ * (thread heaps, slow paths) -> page.c (free lists) -> segment.c (segments
+ * and pages) -> depot.c (the global fallback) -> os.c (mmap). A layer calls
+ * only the layers below it.
+ *
+ * Words: a *segment* is a 4 MiB-aligned mapping cut into *pages*; a page
+ * holds *blocks* of one *size class* (bin); a *thread heap* owns segments and
+ * keeps, per size class, a queue of pages that may have free blocks.
+ */
+#ifndef PN_INTERNAL_H
+#define PN_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "atomic.h"
+
+/* liburcu is linked, never inlined (no _LGPL_SOURCE): its LGPL code stays in its library. */
+#include <urcu/lfstack.h>
+#include <urcu/urcu-bp.h>
+#include <urcu/call-rcu.h> /* after urcu-bp.h, whose map names its call_rcu */
+
+/* ------------------------------------------------------------------------ */
+/* Build configuration: `if (pn_debug)` keeps every configuration type-checked */
+/* ------------------------------------------------------------------------ */
+
+#ifndef PANTRY_DEBUG_BUILD
+#define PANTRY_DEBUG_BUILD 0
+#endif
+#ifndef PANTRY_SECURE_BUILD
+#define PANTRY_SECURE_BUILD 0
+#endif
+static const bool pn_debug = PANTRY_DEBUG_BUILD;
+static const bool pn_secure = PANTRY_SECURE_BUILD;
+
+#define PN_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PN_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define PN_NOINLINE __attribute__((noinline))
+#define PN_COLD __attribute__((cold))
+#define PN_HIDDEN __attribute__((visibility("hidden")))
+
+/* ------------------------------------------------------------------------ */
+/* Sizes                                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define PN_OS_PAGE_SIZE ((size_t)4096)
+#define PN_SEGMENT_SHIFT 22
+#define PN_SEGMENT_SIZE ((size_t)1 << PN_SEGMENT_SHIFT) /* 4 MiB */
+#define PN_SEGMENT_MASK (PN_SEGMENT_SIZE - 1)
+#define PN_SMALL_PAGE_SHIFT 16  /* 64 KiB pages, 64 per segment */
+#define PN_MEDIUM_PAGE_SHIFT 19 /* 512 KiB pages, 8 per segment */
+#define PN_PAGES_MAX 64
+
+#define PN_SMALL_SIZE_MAX ((size_t)8 * 1024)    /* >= 7 blocks in a small page */
+#define PN_MEDIUM_SIZE_MAX ((size_t)64 * 1024)  /* >= 7 blocks in a medium page */
+#define PN_LARGE_SIZE_MAX ((size_t)512 * 1024)  /* >= 7 blocks in a large page */
+#define PN_DIRECT_SIZE_MAX ((size_t)1024)       /* served by heap->pages_direct */
+#define PN_DIRECT_WSIZE_MAX (PN_DIRECT_SIZE_MAX / 16)
+#define PN_ALIGN_MAX (PN_SEGMENT_SIZE / 2)      /* a huge block's pointer stays in its first 4 MiB */
+
+/* Bins: 1..8 are 16..128 bytes in 16-byte steps; above that, 8 bins per
+ * doubling, so a block wastes less than 1/9 (11.2%) of its size. */
+#define PN_BIN_LARGE_MAX 104 /* the bin of PN_LARGE_SIZE_MAX */
+#define PN_BIN_HUGE (PN_BIN_LARGE_MAX + 1)
+#define PN_BIN_FULL (PN_BIN_LARGE_MAX + 2) /* the heap's queue of full pages */
+#define PN_BIN_COUNT (PN_BIN_LARGE_MAX + 3)
+
+typedef enum pn_page_kind {
+  PN_PAGE_SMALL,
+  PN_PAGE_MEDIUM,
+  PN_PAGE_LARGE,
+  PN_PAGE_HUGE,
+  PN_PAGE_KINDS
+} pn_page_kind_t;
+
+/* The number of 16-byte words of a request (0 for size 0). */
+static inline size_t pn_wsize(size_t size) { return (size + 15) >> 4; }
+
+/* The size class of a request of at most PN_LARGE_SIZE_MAX bytes. */
+static inline unsigned pn_bin(size_t size) {
+  size_t wsize = pn_wsize(size);
+  if (wsize <= 8) return wsize == 0 ? 1 : (unsigned)wsize;
+  size_t w = wsize - 1;
+  unsigned b = 63u - (unsigned)__builtin_clzl(w); /* b >= 3 */
+  return 9u + ((b - 3u) << 3) + (unsigned)((w >> (b - 3u)) & 7u);
+}
+
+/* The block size of a bin, in bytes: the largest request it serves. */
+static inline size_t pn_bin_size(unsigned bin) {
+  if (bin <= 8) return (size_t)bin * 16;
+  unsigned k = (bin - 9u) >> 3, i = (bin - 9u) & 7u;
+  return (size_t)16 * ((size_t)(9u + i) << k);
+}
+
+static inline pn_page_kind_t pn_bin_kind(unsigned bin) {
+  size_t size = pn_bin_size(bin);
+  if (size <= PN_SMALL_SIZE_MAX) return PN_PAGE_SMALL;
+  if (size <= PN_MEDIUM_SIZE_MAX) return PN_PAGE_MEDIUM;
+  return PN_PAGE_LARGE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Blocks, pages, segments                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct pn_block {
+  struct pn_block *next;
+} pn_block_t;
+
+typedef struct pn_heap pn_heap_t;
+typedef struct pn_segment pn_segment_t;
+
+/* The low bit of page->xthread_free: the owner parked the page in its full
+ * queue. The first remote free that clears it reports the page in
+ * segment->xfull_freed, so the owner takes the page back (no page is lost on
+ * the full queue). */
+#define PN_THREAD_FREE_FULL ((uintptr_t)1)
+
+/* A page: one size class's blocks.
+ *
+ * Invariant (owner's view, with |L| the length of list L):
+ *   used + |free| + |local_free| == capacity
+ *   |thread_free| <= used      (remote frees not yet collected count as used)
+ *   capacity <= reserved, and block_size == 0 <=> the page holds no blocks.
+ * Who writes what: the owner is the thread whose heap owns the segment
+ * (segment->xowner); while a segment is abandoned, nobody owns its pages and
+ * only remote frees touch them.
+ */
+typedef struct pn_page {
+  pn_block_t *free;       /* owner: blocks ready to hand out */
+  pn_block_t *local_free; /* owner: blocks freed by the owner */
+  uint32_t used;          /* owner: blocks handed out, remote frees included */
+  uint32_t capacity;      /* owner: blocks carved so far */
+  uint32_t reserved;      /* owner (set at format): blocks that fit */
+  union {
+    uint16_t all; /* owner: the fast free path reads both at once */
+    struct {
+      uint8_t in_full;     /* owner: parked in the heap's full queue */
+      uint8_t has_aligned; /* owner, set before an interior pointer is handed out */
+    } x;
+  } flags;
+  uint8_t bin;           /* owner (set at format) */
+  uint8_t index;         /* immutable: the page's index in its segment */
+  size_t block_size;     /* set at format, before any block is handed out; 0 = page unused */
+  uint8_t *page_start;   /* set at format: the first block */
+  uint32_t area;         /* set at format: reserved * block_size, in bytes */
+  uint32_t block_shift;  /* block_size == block_odd << block_shift */
+  uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
+  uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
+  void *pool;            /* set at format: the pool whose objects the page holds, or NULL */
+  pn_atomic_uintptr_t xthread_free; /* atomic: remote frees (CAS push), | PN_THREAD_FREE_FULL */
+  struct pn_page *next;  /* owner: the heap's queue for this bin (or the full queue) */
+  struct pn_page *prev;  /* owner */
+} pn_page_t;
+
+/* A segment: a PN_SEGMENT_SIZE-aligned mapping. The header (this struct)
+ * sits at the start; page 0's blocks start after it. A block finds its
+ * segment as `p & ~PN_SEGMENT_MASK` and its page as
+ * `segment->pages[(p - segment) >> page_shift]`: no search, no lock.
+ *
+ * A huge segment holds one block of more than PN_LARGE_SIZE_MAX bytes (or a
+ * fallback block, see heap.c), may be larger than PN_SEGMENT_SIZE, has no
+ * owner, and goes back to the OS when its block is freed.
+ */
+struct pn_segment {
+  uintptr_t cookie;           /* immutable: segment address ^ pn_cookie_key */
+  pn_atomic_uintptr_t xowner; /* atomic: the owning pn_heap_t *, 0 while abandoned or in the depot */
+  pn_atomic_uintptr_t xfull_freed; /* atomic: bit i = page i left the full state (remote free) */
+  pn_page_kind_t kind;        /* set when the segment is formatted */
+  uint32_t page_shift;        /* set when formatted: log2 of the page size (63 for huge) */
+  uint32_t page_count;        /* set when formatted */
+  uint32_t used_pages;        /* owner: pages with block_size != 0 */
+  size_t mapping_size;        /* immutable: bytes mapped */
+  struct pn_segment *next;    /* owner: the heap's list of segments of this kind */
+  struct pn_segment *prev;    /* owner */
+  struct cds_lfs_node depot_node; /* depot: link in an lfstack */
+  struct rcu_head rcu_head;   /* depot: deferred push or unmap */
+  pn_page_t pages[PN_PAGES_MAX];
+};
+
+#define PN_SEGMENT_HEADER_SIZE ((sizeof(pn_segment_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1))
+
+/* A queue of pages: a doubly linked list. */
+typedef struct pn_page_queue {
+  pn_page_t *first;
+  pn_page_t *last;
+} pn_page_queue_t;
+
+/* A thread heap. Owned by one thread; no field is shared: other threads reach
+ * the heap's pages only through page->xthread_free and segment->xfull_freed.
+ * Nothing outside the heap points at it except segment->xowner, which is
+ * only compared, never dereferenced, so a heap is unmapped at thread exit.
+ *
+ * Invariant: pages_direct[w] is the first page of queues[pn_bin(16 * w)] or
+ * &pn_page_empty when that queue is empty.
+ */
+struct pn_heap {
+  pn_page_t *pages_direct[PN_DIRECT_WSIZE_MAX + 1];
+  pn_page_queue_t queues[PN_BIN_COUNT];
+  pn_segment_t *segments[PN_PAGE_KINDS]; /* segments with free pages first */
+  pn_segment_t *empty_segment;           /* one empty segment kept for reuse */
+  bool is_sentinel;                      /* pn_heap_empty or pn_heap_done */
+  uint64_t adopted;                      /* statistics: segments adopted from the depot */
+};
+
+/* ------------------------------------------------------------------------ */
+/* os.c: mmap, munmap, madvise, the segment map                             */
+/* ------------------------------------------------------------------------ */
+
+void *pn_os_alloc_aligned(size_t size, size_t align) PN_HIDDEN;
+void pn_os_free(void *p, size_t size) PN_HIDDEN;
+void pn_os_purge(void *p, size_t size) PN_HIDDEN;
+
+/* The segment map: one bit per PN_SEGMENT_SIZE of the 48-bit address space,
+ * set while a segment is mapped there (8 MiB of .bss, touched lazily). */
+extern pn_atomic_uintptr_t pn_segment_map[] PN_HIDDEN;
+#define PN_SEGMENT_MAP_BITS ((size_t)1 << (48 - PN_SEGMENT_SHIFT))
+void pn_segment_map_set(const pn_segment_t *segment, bool present) PN_HIDDEN;
+
+/* Whether `p` lies in the first PN_SEGMENT_SIZE of a live pantry segment.
+ * racy: a relaxed load; a pointer that pantry handed out keeps its bit set
+ * until it is freed, which happens after the caller's free by definition. */
+static inline bool pn_segment_map_contains(const void *p) {
+  uintptr_t index = (uintptr_t)p >> PN_SEGMENT_SHIFT;
+  if (PN_UNLIKELY(index >= PN_SEGMENT_MAP_BITS)) return false;
+  return (pn_atomic_load_relaxed(&pn_segment_map[index / 64]) >> (index % 64)) & 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* segment.c: segments and pages                                            */
+/* ------------------------------------------------------------------------ */
+
+extern uintptr_t pn_cookie_key PN_HIDDEN;
+
+static inline pn_segment_t *pn_segment_of(const void *p) {
+  return (pn_segment_t *)((uintptr_t)p & ~(uintptr_t)PN_SEGMENT_MASK);
+}
+
+static inline pn_page_t *pn_segment_page_of(pn_segment_t *segment, const void *p) {
+  return &segment->pages[((uintptr_t)p - (uintptr_t)segment) >> segment->page_shift];
+}
+
+static inline pn_segment_t *pn_page_segment(const pn_page_t *page) { return pn_segment_of(page); }
+
+pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) PN_HIDDEN;
+void pn_segment_format(pn_segment_t *segment, pn_page_kind_t kind) PN_HIDDEN;
+pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) PN_HIDDEN;
+void pn_segment_free_huge(pn_segment_t *segment) PN_HIDDEN;
+pn_page_t *pn_segment_page_take(pn_segment_t *segment) PN_HIDDEN;
+void pn_segment_page_release(pn_segment_t *segment, pn_page_t *page) PN_HIDDEN;
+bool pn_segment_is_valid(const pn_segment_t *segment) PN_HIDDEN;
+
+/* ------------------------------------------------------------------------ */
+/* page.c: free lists                                                       */
+/* ------------------------------------------------------------------------ */
+
+void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool) PN_HIDDEN;
+void pn_page_extend(pn_page_t *page) PN_HIDDEN;
+void pn_page_collect(pn_page_t *page) PN_HIDDEN;
+void pn_page_collect_all(pn_page_t *page) PN_HIDDEN;
+bool pn_page_try_mark_full(pn_page_t *page) PN_HIDDEN;
+void *pn_page_block_start(const pn_page_t *page, const void *p) PN_HIDDEN;
+bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
+void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block) PN_HIDDEN;
+
+/* Whether `p` is the start of a block of `page`: off % block_size == 0 by
+ * the divisibility test of Granlund and Montgomery (a multiply, no divide). */
+static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) {
+  uintptr_t off = (uintptr_t)p - (uintptr_t)page->page_start;
+  if (PN_UNLIKELY(off >= page->area)) return false;
+  uint32_t off32 = (uint32_t)off;
+  if (off32 & ((1u << page->block_shift) - 1)) return false;
+  return (uint32_t)((off32 >> page->block_shift) * page->block_odd_inv) <= page->block_odd_limit;
+}
+
+/* ------------------------------------------------------------------------ */
+/* depot.c: the global fallback                                             */
+/* ------------------------------------------------------------------------ */
+
+void pn_depot_abandon(pn_segment_t *segment) PN_HIDDEN;
+pn_segment_t *pn_depot_adopt(void) PN_HIDDEN;
+void pn_depot_release(pn_segment_t *segment) PN_HIDDEN;
+pn_segment_t *pn_depot_take_cached(void) PN_HIDDEN;
+void pn_depot_fork_prepare(void) PN_HIDDEN;
+void pn_depot_fork_parent(void) PN_HIDDEN;
+void pn_depot_fork_child(void) PN_HIDDEN;
+
+/* ------------------------------------------------------------------------ */
+/* heap.c: thread heaps and the slow paths                                  */
+/* ------------------------------------------------------------------------ */
+
+extern _Thread_local pn_heap_t *pn_heap_tls PN_HIDDEN;
+extern pn_page_t pn_page_empty PN_HIDDEN;
+
+void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) PN_HIDDEN PN_NOINLINE;
+void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) PN_HIDDEN;
+void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN PN_NOINLINE;
+void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block) PN_HIDDEN;
+pn_heap_t *pn_heap_get_or_init(void) PN_HIDDEN;
+void pn_process_init(void) PN_HIDDEN;
+
+/* ------------------------------------------------------------------------ */
+/* error.c: diagnostics                                                     */
+/* ------------------------------------------------------------------------ */
+
+_Noreturn void pn_fatal(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
+void pn_warning(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
+
+#endif /* PN_INTERNAL_H */

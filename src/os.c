@@ -1,0 +1,61 @@
+/* os.c - the bottom layer: address space from the kernel.
+ *
+ * Owns: mmap/munmap/madvise calls and the segment map (one bit per 4 MiB of
+ * the 48-bit address space, set while a pantry segment is mapped there).
+ * Calls: the kernel only. Shared state: pn_segment_map, written with atomic
+ * fetch_or/fetch_and by whichever thread maps or unmaps a segment, read
+ * (relaxed) by every free to reject pointers pantry never handed out.
+ */
+#include <errno.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+/* 2^26 bits = 8 MiB of .bss: the kernel maps its pages on first touch. */
+pn_atomic_uintptr_t pn_segment_map[PN_SEGMENT_MAP_BITS / 64];
+
+void pn_segment_map_set(const pn_segment_t *segment, bool present) {
+  uintptr_t index = (uintptr_t)segment >> PN_SEGMENT_SHIFT;
+  if (index >= PN_SEGMENT_MAP_BITS) return; /* never: mmap stays below 2^47 unless hinted */
+  uintptr_t bit = (uintptr_t)1 << (index % 64);
+  /* Release on set: a thread that sees the bit (relaxed) only dereferences
+   * the segment header for a pointer it obtained through the allocation
+   * that published the header, so the bit itself needs no stronger order. */
+  if (present)
+    atomic_fetch_or_explicit(&pn_segment_map[index / 64], bit, memory_order_release);
+  else
+    atomic_fetch_and_explicit(&pn_segment_map[index / 64], ~bit, memory_order_release);
+}
+
+/* Map `size` bytes (a multiple of the OS page) aligned to `align` (a power
+ * of two, at least the OS page): map size + align, then trim both ends. */
+void *pn_os_alloc_aligned(size_t size, size_t align) {
+  if (size > SIZE_MAX - align) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t span = size + align;
+  uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                    -1, 0);
+  if (p == MAP_FAILED) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  uint8_t *aligned = (uint8_t *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+  size_t head = (size_t)(aligned - p);
+  size_t tail = span - head - size;
+  if (head) munmap(p, head);
+  if (tail) munmap(aligned + size, tail);
+  return aligned;
+}
+
+void pn_os_free(void *p, size_t size) {
+  if (munmap(p, size) != 0) pn_warning("munmap(%p, %zu) failed: errno %d", p, size, errno);
+}
+
+/* Give the pages back to the kernel; the range stays mapped and reads as
+ * zeros when touched again. */
+void pn_os_purge(void *p, size_t size) {
+  if (size == 0) return;
+  (void)madvise(p, size, MADV_DONTNEED);
+}

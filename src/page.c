@@ -1,0 +1,166 @@
+/* page.c - free lists: formatting a page for a size class, carving blocks,
+ * collecting local and remote frees, the full state.
+ *
+ * Layer: below heap.c, above segment.c.
+ * Shared state: page->xthread_free is the only field other threads write
+ * (a CAS push per remote free); the owner takes the whole list with one
+ * exchange. Every other field is the owner's.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* Blocks carved per extension: about one OS page, at least one block, so a
+ * fresh page touches memory only as it is used. */
+#define PAGE_EXTEND_BYTES 4096
+
+void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool) {
+  pn_segment_t *segment = pn_page_segment(page);
+  uint8_t *start = (uint8_t *)segment + ((size_t)page->index << segment->page_shift);
+  size_t page_size = (size_t)1 << segment->page_shift;
+  if (page->index == 0) {
+    start += PN_SEGMENT_HEADER_SIZE;
+    page_size -= PN_SEGMENT_HEADER_SIZE;
+  }
+  page->page_start = start;
+  page->block_size = block_size;
+  page->bin = (uint8_t)bin;
+  page->pool = pool;
+  page->reserved = (uint32_t)(page_size / block_size);
+  page->area = (uint32_t)(page->reserved * block_size);
+  page->capacity = 0;
+  page->used = 0;
+  page->free = page->local_free = NULL;
+  page->flags.all = 0;
+  page->next = page->prev = NULL;
+  pn_atomic_store_relaxed(&page->xthread_free, 0);
+  /* block_size = odd << shift; the inverse of odd mod 2^32 by Newton's
+   * iteration (each step doubles the correct low bits: 3, 6, 12, 24, 48). */
+  uint32_t shift = (uint32_t)__builtin_ctzl(block_size);
+  uint32_t odd = (uint32_t)(block_size >> shift);
+  uint32_t inv = odd;
+  for (int i = 0; i < 4; i++) inv *= 2u - odd * inv;
+  page->block_shift = shift;
+  page->block_odd_inv = inv;
+  page->block_odd_limit = UINT32_MAX / odd;
+}
+
+/* Carve more blocks onto the free list. Owner only; page->free is NULL. */
+void pn_page_extend(pn_page_t *page) {
+  uint32_t room = page->reserved - page->capacity;
+  if (room == 0) return;
+  uint32_t count = (uint32_t)(PAGE_EXTEND_BYTES / page->block_size);
+  if (count < 1) count = 1;
+  if (count > room) count = room;
+  uint8_t *first = page->page_start + (size_t)page->capacity * page->block_size;
+  uint8_t *p = first;
+  for (uint32_t i = 0; i + 1 < count; i++) {
+    ((pn_block_t *)p)->next = (pn_block_t *)(p + page->block_size);
+    p += page->block_size;
+  }
+  ((pn_block_t *)p)->next = page->free;
+  page->free = (pn_block_t *)first;
+  page->capacity += count;
+}
+
+/* Take the whole remote-free list onto page->free (clearing
+ * PN_THREAD_FREE_FULL). Owner only. */
+static void page_collect_thread_free(pn_page_t *page) {
+  /* Acquire: matches the release CAS in pn_page_free_remote, so every
+   * block->next written by a remote freer is visible. Clearing
+   * PN_THREAD_FREE_FULL here loses nothing: the owner sets it only while the
+   * list is empty and clears it itself before it collects a parked page. */
+  uintptr_t list = pn_atomic_exchange_acquire(&page->xthread_free, 0);
+  pn_block_t *head = (pn_block_t *)(list & ~PN_THREAD_FREE_FULL);
+  if (head == NULL) return;
+  uint32_t count = 0;
+  pn_block_t *tail = head;
+  for (pn_block_t *b = head; b != NULL; b = b->next) {
+    count++;
+    tail = b;
+  }
+  if (PN_UNLIKELY(count > page->used))
+    pn_fatal("page %p (block size %zu): %u remote frees but only %u blocks in use: a block was "
+             "freed twice from another thread",
+             (void *)page, page->block_size, count, page->used);
+  tail->next = page->free;
+  page->free = head;
+  page->used -= count;
+}
+
+/* Move what others freed onto page->free: first the owner's local_free,
+ * then, if that is empty, the remote frees. Owner only. */
+void pn_page_collect(pn_page_t *page) {
+  if (page->free != NULL) return;
+  if (page->local_free != NULL) {
+    page->free = page->local_free;
+    page->local_free = NULL;
+    return;
+  }
+  /* racy: a relaxed peek saves the exchange when no remote free came. */
+  if ((pn_atomic_load_relaxed(&page->xthread_free) & ~PN_THREAD_FREE_FULL) == 0) return;
+  page_collect_thread_free(page);
+}
+
+/* Take every remote free and every local free onto page->free, and clear
+ * PN_THREAD_FREE_FULL. Owner only (or the thread abandoning or adopting the
+ * segment, which owns it at that moment). */
+void pn_page_collect_all(pn_page_t *page) {
+  if (page->local_free != NULL) {
+    pn_block_t *tail = page->local_free;
+    while (tail->next != NULL) tail = tail->next;
+    tail->next = page->free;
+    page->free = page->local_free;
+    page->local_free = NULL;
+  }
+  page_collect_thread_free(page);
+}
+
+/* The page has no free block and cannot grow: try to park it in the full
+ * state. Fails (returns false) when a remote free arrived meanwhile; the
+ * caller collects it instead. Owner only.
+ * The CAS from 0 (empty list, flag clear) to the flag makes sure the flag is
+ * set only on an empty list, so the remote free that clears it is the first
+ * one after parking: exactly one thread reports the page. */
+bool pn_page_try_mark_full(pn_page_t *page) {
+  uintptr_t expected = 0;
+  if (!pn_atomic_cas_strong_relaxed(&page->xthread_free, &expected, PN_THREAD_FREE_FULL))
+    return false;
+  page->flags.x.in_full = 1;
+  return true;
+}
+
+/* A free from a thread that does not own the page: one CAS push.
+ * ABA cannot hurt a push: we never read through the old head, we only link
+ * to it, so whatever happened to it between the load and the CAS, the list
+ * we publish is the one we saw with our block in front.
+ * Release: publishes block->next to the owner's acquire exchange in
+ * pn_page_collect. If the push clears PN_THREAD_FREE_FULL, this thread is the
+ * one (see pn_page_try_mark_full) that reports the page to its owner through
+ * segment->xfull_freed (release, matching the owner's acquire exchange in
+ * heap.c's heap_reclaim_full). */
+void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block) {
+  uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
+  do {
+    block->next = (pn_block_t *)(old & ~PN_THREAD_FREE_FULL);
+  } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, (uintptr_t)block));
+  if (old & PN_THREAD_FREE_FULL)
+    pn_atomic_fetch_or_release(&segment->xfull_freed, (uintptr_t)1 << page->index);
+}
+
+/* The start of the block that contains `p` (for pages that hand out
+ * interior pointers of aligned blocks). */
+void *pn_page_block_start(const pn_page_t *page, const void *p) {
+  size_t off = (size_t)((const uint8_t *)p - page->page_start);
+  return page->page_start + off - off % page->block_size;
+}
+
+/* Debug: whether `block` is already on the page's free or local free list.
+ * Owner only; O(blocks). */
+bool pn_page_contains_free(const pn_page_t *page, const void *block) {
+  for (const pn_block_t *b = page->free; b != NULL; b = b->next)
+    if (b == block) return true;
+  for (const pn_block_t *b = page->local_free; b != NULL; b = b->next)
+    if (b == block) return true;
+  return false;
+}
