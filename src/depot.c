@@ -9,22 +9,37 @@
  * host program may use any other flavor for its own readers; the flavors do
  * not interact.
  *
- * Shared state: the two stacks and the cache count; every thread pops,
- * only the call_rcu worker pushes.
+ * Shared state: the two stacks and the cache count. Any thread pushes and
+ * pops the abandoned stack; any thread pops the cache, only the call_rcu
+ * worker pushes it.
  *
  * Why no pop suffers ABA, and why no pop reads freed memory:
- *   A pop reads head, then head->next, then CASes head -> next. It goes wrong
- *   only if, between its read of head and its CAS, that same segment is
+ *   The abandoned stack is only ever emptied whole, with __cds_lfs_pop_all:
+ *   one exchange of the head with NULL. It never reads a node it does not
+ *   then own, and an exchange has no "expected" value that a recycled node
+ *   could match, so it needs no synchronisation with pushes or other
+ *   pop_alls (technique 3 of lfstack.h does not even apply: there is no
+ *   __cds_lfs_pop on that stack). A thread that adopts takes the whole list,
+ *   keeps one segment and pushes the others back, each push a CAS that
+ *   cannot suffer ABA either (it never reads through the old head). So a
+ *   segment of an exiting thread is adoptable at once, with no grace period.
+ *
+ *   The cache of free segments is popped one at a time with __cds_lfs_pop,
+ *   which reads head, then head->next, then CASes head -> next. That goes
+ *   wrong only if, between its read of head and its CAS, the same segment is
  *   popped by another thread and pushed again (ABA: the CAS succeeds with a
  *   stale next), or popped and unmapped (the read of head->next faults).
- *   Every pop runs inside an urcu-bp read-side critical section, and a
- *   segment that was ever popped goes back to a stack, or to the OS, only
- *   from an RCU callback (call_rcu): after a grace period, that is, after
- *   every read-side critical section that was running when it was popped has
- *   ended. So while a pop is in progress, no segment it can see as head is
- *   pushed again or unmapped; the pop's CAS either sees the head it read,
- *   with the next it read (correct), or fails and retries. This is
- *   technique 1 of __cds_lfs_pop's documentation.
+ *   Every such pop runs inside an urcu-bp read-side critical section, and a
+ *   segment goes into the cache, or back to the OS, only from an RCU
+ *   callback (call_rcu in pn_depot_release): after a grace period, that is,
+ *   after every read-side critical section that was running when it left the
+ *   cache has ended. So while a pop is in progress, no segment it can see as
+ *   head is pushed again or unmapped; its CAS sees the head it read with the
+ *   next it read, or fails and retries (technique 1 of __cds_lfs_pop's
+ *   documentation). A segment popped from the cache and later abandoned
+ *   lands on the other stack, whose head a stale cache pop never CASes.
+ *   The purge (madvise) of a released segment also runs in that callback,
+ *   on liburcu's worker thread, off every allocation path.
  *
  * No lock: __cds_lfs_pop and cds_lfs_push are a CAS loop each; call_rcu
  * enqueues on a wait-free queue and wakes the worker. The urcu-bp
@@ -42,11 +57,12 @@ static struct __cds_lfs_stack depot_abandoned; /* segments with live blocks */
 static struct __cds_lfs_stack depot_cached;    /* empty segments, purged */
 static pn_atomic_uintptr_t depot_xcached_count;    /* atomic relaxed: a bound, not an exact count */
 
-static pn_segment_t *depot_pop(struct __cds_lfs_stack *stack) {
+/* Pop one segment of the cache (see the top comment for why RCU). */
+static pn_segment_t *depot_pop_cached(void) {
   /* racy: a plain peek; an empty-looking stack just means "try later". */
-  if (cds_lfs_empty(stack)) return NULL;
+  if (cds_lfs_empty(&depot_cached)) return NULL;
   urcu_bp_read_lock();
-  struct cds_lfs_node *node = __cds_lfs_pop(stack);
+  struct cds_lfs_node *node = __cds_lfs_pop(&depot_cached);
   urcu_bp_read_unlock();
   return node ? caa_container_of(node, pn_segment_t, depot_node) : NULL;
 }
@@ -59,30 +75,29 @@ static void depot_push(struct __cds_lfs_stack *stack, pn_segment_t *segment) {
 /* call_rcu callbacks: a grace period has passed since the segment was last
  * popped (see the comment at the top). They run on liburcu's worker thread. */
 
-static void depot_abandon_rcu(struct rcu_head *head) {
-  pn_segment_t *segment = caa_container_of(head, pn_segment_t, rcu_head);
-  depot_push(&depot_abandoned, segment);
-}
-
 static void depot_release_rcu(struct rcu_head *head) {
   pn_segment_t *segment = caa_container_of(head, pn_segment_t, rcu_head);
   if (pn_atomic_fetch_add_relaxed(&depot_xcached_count, 1) < DEPOT_CACHE_MAX) {
     /* Keep the mapping, give the memory back; the header page stays. */
     pn_os_purge((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE,
                 PN_SEGMENT_SIZE - PN_SEGMENT_HEADER_SIZE);
+    pn_stat_add(PN_STAT_SEGMENTS_CACHED, 1);
     depot_push(&depot_cached, segment);
     return;
   }
   pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
   pn_segment_map_set(segment, false);
   segment->cookie = 0;
+  pn_stat_add(PN_STAT_SEGMENTS_UNMAPPED, 1);
+  pn_stat_sub(PN_STAT_BYTES_MAPPED, segment->mapping_size);
   pn_os_free(segment, segment->mapping_size);
 }
 
-/* Hand a segment that still holds live blocks to the depot. The caller has
- * set segment->xowner to 0 and no longer touches the segment. */
+/* Hand a segment that still holds live blocks to the depot, adoptable at
+ * once. The caller has set segment->xowner to 0 and no longer touches it. */
 void pn_depot_abandon(pn_segment_t *segment) {
-  urcu_bp_call_rcu(&segment->rcu_head, depot_abandon_rcu);
+  pn_stat_add(PN_STAT_SEGMENTS_ABANDONED, 1);
+  depot_push(&depot_abandoned, segment);
 }
 
 /* Hand an empty segment to the depot: cached (purged) or unmapped. */
@@ -91,13 +106,30 @@ void pn_depot_release(pn_segment_t *segment) {
   urcu_bp_call_rcu(&segment->rcu_head, depot_release_rcu);
 }
 
-/* An abandoned segment for the calling thread to adopt, or NULL. */
-pn_segment_t *pn_depot_adopt(void) { return depot_pop(&depot_abandoned); }
+/* An abandoned segment for the calling thread to adopt, or NULL: take the
+ * whole stack, keep the first, push the rest back. */
+pn_segment_t *pn_depot_adopt(void) {
+  /* racy: a plain peek, as above. */
+  if (cds_lfs_empty(&depot_abandoned)) return NULL;
+  struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_abandoned);
+  if (head == NULL) return NULL;
+  struct cds_lfs_node *node = &head->node;
+  struct cds_lfs_node *rest = node->next;
+  while (rest != NULL) {
+    struct cds_lfs_node *next = rest->next;
+    cds_lfs_push(&depot_abandoned, rest);
+    rest = next;
+  }
+  return caa_container_of(node, pn_segment_t, depot_node);
+}
 
 /* A cached empty segment, or NULL. */
 pn_segment_t *pn_depot_take_cached(void) {
-  pn_segment_t *segment = depot_pop(&depot_cached);
-  if (segment != NULL) pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
+  pn_segment_t *segment = depot_pop_cached();
+  if (segment != NULL) {
+    pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
+    pn_stat_add(PN_STAT_SEGMENTS_REUSED, 1);
+  }
   return segment;
 }
 

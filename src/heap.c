@@ -132,6 +132,7 @@ static void heap_page_release(pn_heap_t *heap, pn_page_t *page) {
   pn_segment_t *segment = pn_page_segment(page);
   bool was_full = segment->used_pages == segment->page_count;
   pn_segment_page_release(segment, page);
+  heap->purge_pages++;
   if (segment->used_pages == 0) {
     heap_segment_empty(heap, segment);
   } else if (was_full) {
@@ -193,6 +194,8 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
   pn_atomic_store_relaxed(&segment->xowner, (uintptr_t)heap);
   pn_atomic_exchange_acquire(&segment->xfull_freed, 0);
   heap->adopted++;
+  heap->purge_pages += (uint32_t)__builtin_popcountll(segment->purge_pending);
+  pn_stat_add(PN_STAT_SEGMENTS_ADOPTED, 1);
   heap_segment_push(heap, segment, segment->used_pages < segment->page_count);
   for (uint32_t i = 0; i < segment->page_count; i++) {
     pn_page_t *page = &segment->pages[i];
@@ -260,17 +263,13 @@ static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
       page = next;
     }
     /* Nothing in the queue: parked pages that got remote frees, then an
-     * abandoned segment, then a fresh page. */
+     * abandoned segment (memory of exited threads is reused before new
+     * memory is touched), then a fresh page. */
     if (heap_reclaim_full(heap) && heap->queues[bin].first != NULL) continue;
-    if (heap->empty_segment == NULL &&
-        (heap->segments[pn_bin_kind(bin)] == NULL ||
-         heap->segments[pn_bin_kind(bin)]->used_pages ==
-             heap->segments[pn_bin_kind(bin)]->page_count)) {
-      pn_segment_t *abandoned = pn_depot_adopt();
-      if (abandoned != NULL) {
-        heap_adopt(heap, abandoned);
-        continue;
-      }
+    pn_segment_t *abandoned = pn_depot_adopt();
+    if (abandoned != NULL) {
+      heap_adopt(heap, abandoned);
+      continue;
     }
     return heap_page_fresh(heap, bin);
   }
@@ -284,6 +283,7 @@ static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
 static void *heap_fallback_alloc(size_t size, size_t align) {
   void *block;
   if (pn_segment_alloc_huge(size, align, &block) == NULL) return NULL;
+  pn_stat_add(PN_STAT_FALLBACK_ALLOCS, 1);
   return block;
 }
 
@@ -297,6 +297,7 @@ static void heap_key_destructor(void *value) {
   pn_heap_t *heap = value;
   if (heap == NULL || heap->is_sentinel) return;
   pn_heap_tls = &pn_heap_done;
+  pn_stat_add(PN_STAT_HEAPS_ABANDONED, 1);
   heap_abandon(heap);
 }
 
@@ -348,6 +349,7 @@ pn_heap_t *pn_heap_get_or_init(void) {
   heap_tls_initializing = true;
   heap = heap_create();
   if (heap != NULL) {
+    pn_stat_add(PN_STAT_HEAPS_CREATED, 1);
     pn_heap_tls = heap;
     pthread_setspecific(heap_key, heap);
   }
@@ -386,6 +388,30 @@ static void heap_abandon(pn_heap_t *heap) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Purging                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Every 64th slow path, when pages wait to be purged, look at the clock and
+ * purge the pages whose delay has passed. */
+static void heap_purge_maybe(pn_heap_t *heap) {
+  if (PN_LIKELY(heap->purge_pages == 0 || (++heap->slow_count & 63) != 0)) return;
+  uint64_t now = pn_clock_now_ns();
+  uint32_t pending = 0;
+  for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
+    for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) {
+      if (s->purge_pending == 0) continue;
+      pn_segment_purge_expired(s, now, false);
+      pending += (uint32_t)__builtin_popcountll(s->purge_pending);
+    }
+  }
+  if (heap->empty_segment != NULL) {
+    pn_segment_purge_expired(heap->empty_segment, now, false);
+    pending += (uint32_t)__builtin_popcountll(heap->empty_segment->purge_pending);
+  }
+  heap->purge_pages = pending;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Slow paths                                                               */
 /* ------------------------------------------------------------------------ */
 
@@ -405,6 +431,7 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
     if (pn_segment_alloc_huge(size, 16, &block) == NULL) return NULL;
     return block;
   }
+  heap_purge_maybe(heap);
   unsigned bin = pn_bin(size);
   pn_page_t *page = heap->queues[bin].first;
   if (page == NULL || page->free == NULL) {

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "atomic.h"
 
@@ -114,11 +115,19 @@ typedef struct pn_block {
 typedef struct pn_heap pn_heap_t;
 typedef struct pn_segment pn_segment_t;
 
-/* The low bit of page->xthread_free: the owner parked the page in its full
- * queue. The first remote free that clears it reports the page in
- * segment->xfull_freed, so the owner takes the page back (no page is lost on
- * the full queue). */
+/* page->xthread_free packs three things into one word, so one CAS pushes a
+ * remote free and one exchange collects them all without walking the list:
+ *   bits 0      PN_THREAD_FREE_FULL: the owner parked the page in its full
+ *               queue. The first remote free that clears it reports the page
+ *               in segment->xfull_freed, so the owner takes the page back
+ *               (no page is lost on the full queue).
+ *   bits 4..47  the head block (blocks are 16-byte aligned; user-space
+ *               addresses stay below 2^47 unless mmap is given a hint).
+ *   bits 48..63 the number of blocks on the list (a page holds at most
+ *               65536 / 16 = 4096 blocks of a small page). */
 #define PN_THREAD_FREE_FULL ((uintptr_t)1)
+#define PN_THREAD_FREE_COUNT_SHIFT 48
+#define PN_THREAD_FREE_PTR_MASK ((((uintptr_t)1 << PN_THREAD_FREE_COUNT_SHIFT) - 1) & ~(uintptr_t)15)
 
 /* A page: one size class's blocks.
  *
@@ -174,6 +183,8 @@ struct pn_segment {
   uint32_t page_shift;        /* set when formatted: log2 of the page size (63 for huge) */
   uint32_t page_count;        /* set when formatted */
   uint32_t used_pages;        /* owner: pages with block_size != 0 */
+  uint64_t purge_pending;     /* owner: bit i = unused page i still holds memory to purge */
+  uint64_t purge_at_ns[PN_PAGES_MAX]; /* owner: when page i's memory goes back to the OS */
   size_t mapping_size;        /* immutable: bytes mapped */
   struct pn_segment *next;    /* owner: the heap's list of segments of this kind */
   struct pn_segment *prev;    /* owner */
@@ -204,6 +215,8 @@ struct pn_heap {
   pn_segment_t *segments[PN_PAGE_KINDS]; /* segments with free pages first */
   pn_segment_t *empty_segment;           /* one empty segment kept for reuse */
   bool is_sentinel;                      /* pn_heap_empty or pn_heap_done */
+  uint32_t purge_pages;                  /* pages released and not yet purged */
+  uint32_t slow_count;                   /* slow-path entries, to look at the clock rarely */
   uint64_t adopted;                      /* statistics: segments adopted from the depot */
 };
 
@@ -254,6 +267,13 @@ pn_page_t *pn_segment_page_take(pn_segment_t *segment) PN_HIDDEN;
 void pn_segment_page_release(pn_segment_t *segment, pn_page_t *page) PN_HIDDEN;
 bool pn_segment_is_valid(const pn_segment_t *segment) PN_HIDDEN;
 
+/* Purging: how long a page that emptied keeps its memory before pantry gives
+ * it back (madvise), so a page freed and reused soon costs no page faults.
+ * Set from PANTRY_PURGE_DELAY_MS (options.c); 10 ms by default, as mimalloc. */
+extern uint64_t pn_purge_delay_ns PN_HIDDEN;
+uint64_t pn_clock_now_ns(void) PN_HIDDEN;
+void pn_segment_purge_expired(pn_segment_t *segment, uint64_t now, bool all) PN_HIDDEN;
+
 /* ------------------------------------------------------------------------ */
 /* page.c: free lists                                                       */
 /* ------------------------------------------------------------------------ */
@@ -302,6 +322,44 @@ void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN PN_NOINLINE
 void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block) PN_HIDDEN;
 pn_heap_t *pn_heap_get_or_init(void) PN_HIDDEN;
 void pn_process_init(void) PN_HIDDEN;
+
+/* ------------------------------------------------------------------------ */
+/* stats.c: process-wide slow-path counters                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef enum pn_stat {
+  PN_STAT_SEGMENTS_MAPPED,
+  PN_STAT_SEGMENTS_UNMAPPED,
+  PN_STAT_SEGMENTS_ABANDONED,
+  PN_STAT_SEGMENTS_ADOPTED,
+  PN_STAT_SEGMENTS_CACHED,
+  PN_STAT_SEGMENTS_REUSED,
+  PN_STAT_HUGE_MAPPED,
+  PN_STAT_HUGE_UNMAPPED,
+  PN_STAT_BYTES_MAPPED,
+  PN_STAT_HEAPS_CREATED,
+  PN_STAT_HEAPS_ABANDONED,
+  PN_STAT_FALLBACK_ALLOCS,
+  PN_STAT_PAGES_PURGED,
+  PN_STAT_COUNT
+} pn_stat_t;
+
+/* atomic relaxed: statistics, no ordering with anything. */
+typedef struct pn_stats_counters {
+  pn_atomic_uintptr_t x[PN_STAT_COUNT];
+} pn_stats_counters_t;
+
+extern pn_stats_counters_t pn_stats PN_HIDDEN;
+
+static inline void pn_stat_add(pn_stat_t stat, uintptr_t n) {
+  pn_atomic_fetch_add_relaxed(&pn_stats.x[stat], n);
+}
+
+static inline void pn_stat_sub(pn_stat_t stat, uintptr_t n) {
+  pn_atomic_fetch_sub_relaxed(&pn_stats.x[stat], n);
+}
+
+void pn_stats_print_counters(FILE *out) PN_HIDDEN;
 
 /* ------------------------------------------------------------------------ */
 /* error.c: diagnostics                                                     */

@@ -70,20 +70,19 @@ static void page_collect_thread_free(pn_page_t *page) {
    * block->next written by a remote freer is visible. Clearing
    * PN_THREAD_FREE_FULL here loses nothing: the owner sets it only while the
    * list is empty and clears it itself before it collects a parked page. */
-  uintptr_t list = pn_atomic_exchange_acquire(&page->xthread_free, 0);
-  pn_block_t *head = (pn_block_t *)(list & ~PN_THREAD_FREE_FULL);
+  uintptr_t word = pn_atomic_exchange_acquire(&page->xthread_free, 0);
+  pn_block_t *head = (pn_block_t *)(word & PN_THREAD_FREE_PTR_MASK);
+  uint32_t count = (uint32_t)(word >> PN_THREAD_FREE_COUNT_SHIFT);
   if (head == NULL) return;
-  uint32_t count = 0;
-  pn_block_t *tail = head;
-  for (pn_block_t *b = head; b != NULL; b = b->next) {
-    count++;
-    tail = b;
-  }
   if (PN_UNLIKELY(count > page->used))
     pn_fatal("page %p (block size %zu): %u remote frees but only %u blocks in use: a block was "
              "freed twice from another thread",
              (void *)page, page->block_size, count, page->used);
-  tail->next = page->free;
+  if (page->free != NULL) { /* rare (abandon, adopt): splice at the tail */
+    pn_block_t *tail = head;
+    while (tail->next != NULL) tail = tail->next;
+    tail->next = page->free;
+  }
   page->free = head;
   page->used -= count;
 }
@@ -98,23 +97,14 @@ void pn_page_collect(pn_page_t *page) {
     return;
   }
   /* racy: a relaxed peek saves the exchange when no remote free came. */
-  if ((pn_atomic_load_relaxed(&page->xthread_free) & ~PN_THREAD_FREE_FULL) == 0) return;
+  if ((pn_atomic_load_relaxed(&page->xthread_free) & PN_THREAD_FREE_PTR_MASK) == 0) return;
   page_collect_thread_free(page);
 }
 
-/* Take every remote free and every local free onto page->free, and clear
- * PN_THREAD_FREE_FULL. Owner only (or the thread abandoning or adopting the
- * segment, which owns it at that moment). */
-void pn_page_collect_all(pn_page_t *page) {
-  if (page->local_free != NULL) {
-    pn_block_t *tail = page->local_free;
-    while (tail->next != NULL) tail = tail->next;
-    tail->next = page->free;
-    page->free = page->local_free;
-    page->local_free = NULL;
-  }
-  page_collect_thread_free(page);
-}
+/* Take every remote free onto page->free and clear PN_THREAD_FREE_FULL,
+ * so page->used is exact. Owner only (or the thread abandoning or adopting
+ * the segment, which owns it at that moment). */
+void pn_page_collect_all(pn_page_t *page) { page_collect_thread_free(page); }
 
 /* The page has no free block and cannot grow: try to park it in the full
  * state. Fails (returns false) when a remote free arrived meanwhile; the
@@ -141,9 +131,12 @@ bool pn_page_try_mark_full(pn_page_t *page) {
  * heap.c's heap_reclaim_full). */
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block) {
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
+  uintptr_t word;
   do {
-    block->next = (pn_block_t *)(old & ~PN_THREAD_FREE_FULL);
-  } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, (uintptr_t)block));
+    block->next = (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK);
+    uintptr_t count = (old >> PN_THREAD_FREE_COUNT_SHIFT) + 1;
+    word = (uintptr_t)block | (count << PN_THREAD_FREE_COUNT_SHIFT);
+  } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, word));
   if (old & PN_THREAD_FREE_FULL)
     pn_atomic_fetch_or_release(&segment->xfull_freed, (uintptr_t)1 << page->index);
 }

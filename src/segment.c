@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -36,6 +37,7 @@ void pn_segment_format(pn_segment_t *segment, pn_page_kind_t kind) {
   segment->page_shift = segment_page_shift[kind];
   segment->page_count = (uint32_t)(PN_SEGMENT_SIZE >> segment->page_shift);
   segment->used_pages = 0;
+  segment->purge_pending = 0;
   segment->next = segment->prev = NULL;
   pn_atomic_store_relaxed(&segment->xfull_freed, 0);
   memset(segment->pages, 0, sizeof segment->pages);
@@ -51,6 +53,8 @@ pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) {
     if (segment == NULL) return NULL;
     segment->mapping_size = PN_SEGMENT_SIZE;
     pn_segment_map_set(segment, true);
+    pn_stat_add(PN_STAT_SEGMENTS_MAPPED, 1);
+    pn_stat_add(PN_STAT_BYTES_MAPPED, PN_SEGMENT_SIZE);
   }
   pn_segment_format(segment, kind);
   return segment;
@@ -83,6 +87,8 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   page->block_odd_inv = 1;
   page->block_odd_limit = UINT32_MAX;
   pn_segment_map_set(segment, true);
+  pn_stat_add(PN_STAT_HUGE_MAPPED, 1);
+  pn_stat_add(PN_STAT_BYTES_MAPPED, mapping);
   *block = page->page_start;
   return segment;
 }
@@ -90,6 +96,8 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
 void pn_segment_free_huge(pn_segment_t *segment) {
   pn_segment_map_set(segment, false);
   segment->cookie = 0;
+  pn_stat_add(PN_STAT_HUGE_UNMAPPED, 1);
+  pn_stat_sub(PN_STAT_BYTES_MAPPED, segment->mapping_size);
   pn_os_free(segment, segment->mapping_size);
 }
 
@@ -100,6 +108,7 @@ pn_page_t *pn_segment_page_take(pn_segment_t *segment) {
     pn_page_t *page = &segment->pages[i];
     if (page->block_size == 0) {
       segment->used_pages++;
+      segment->purge_pending &= ~((uint64_t)1 << i); /* reused before its purge */
       return page;
     }
   }
@@ -116,4 +125,38 @@ void pn_segment_page_release(pn_segment_t *segment, pn_page_t *page) {
   memset(page, 0, sizeof *page);
   page->index = index;
   segment->used_pages--;
+  segment->purge_pending |= (uint64_t)1 << index;
+  segment->purge_at_ns[index] = pn_clock_now_ns() + pn_purge_delay_ns;
+}
+
+uint64_t pn_purge_delay_ns = 10 * 1000 * 1000;
+
+uint64_t pn_clock_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Give back the memory of unused pages whose delay has passed (all of them
+ * when `all`), in runs of adjacent pages: one madvise per run. Owner only. */
+void pn_segment_purge_expired(pn_segment_t *segment, uint64_t now, bool all) {
+  uint64_t due = 0;
+  for (uint64_t bits = segment->purge_pending; bits != 0; bits &= bits - 1) {
+    unsigned i = (unsigned)__builtin_ctzll(bits);
+    if (all || segment->purge_at_ns[i] <= now) due |= (uint64_t)1 << i;
+  }
+  segment->purge_pending &= ~due;
+  size_t page_size = (size_t)1 << segment->page_shift;
+  while (due != 0) {
+    unsigned first = (unsigned)__builtin_ctzll(due);
+    unsigned last = first;
+    while (last + 1 < 64 && (due >> (last + 1)) & 1) last++;
+    /* bits first..last; (2 << 63) wraps to 0, so last == 63 works too */
+    due &= ~((((uint64_t)2 << last) - 1) ^ (((uint64_t)1 << first) - 1));
+    uint8_t *start = (uint8_t *)segment + (size_t)first * page_size;
+    uint8_t *end = (uint8_t *)segment + (size_t)(last + 1) * page_size;
+    if (first == 0) start += PN_SEGMENT_HEADER_SIZE;
+    pn_os_purge(start, (size_t)(end - start));
+    pn_stat_add(PN_STAT_PAGES_PURGED, last - first + 1);
+  }
 }
