@@ -53,9 +53,11 @@ void pn_free_slow(void *p, const char *fn) {
     return;
   }
   pn_block_t *block = free_find_block(segment, page, p, fn);
+  /* A pool object (its segment has no heap owner, so it always lands here). */
+  if (PN_UNLIKELY(page->pool != NULL)) pn_pool_misfree(page->pool, p, fn);
   pn_heap_t *heap = pn_heap_tls;
   if ((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap)
-    pn_heap_free_local_slow(heap, page, block);
+    pn_heap_free_local_slow(heap, page, block, fn);
   else
     pn_page_free_remote(segment, page, block);
 }
@@ -79,8 +81,10 @@ void *pantry_calloc(size_t count, size_t size) {
   return p;
 }
 
-/* The bytes usable from `p` to the end of its block. */
-static size_t usable_size_checked(const void *p, const char *fn) {
+/* The bytes usable from `p` to the end of its block, after the checks every
+ * free makes (a pointer pantry handed out, into a page that holds blocks, at
+ * a block's start); diagnoses and aborts otherwise, naming `fn`. */
+size_t pn_usable_size_checked(const void *p, const char *fn) {
   if (!pn_segment_map_contains(p)) free_invalid((void *)p, fn);
   pn_segment_t *segment = pn_segment_of(p);
   pn_page_t *page = pn_segment_page_of(segment, p);
@@ -95,12 +99,12 @@ static size_t usable_size_checked(const void *p, const char *fn) {
 
 size_t pantry_usable_size(const void *p) {
   if (p == NULL) return 0;
-  return usable_size_checked(p, "pantry_usable_size");
+  return pn_usable_size_checked(p, "pantry_usable_size");
 }
 
 void *pantry_realloc(void *p, size_t size) {
   if (p == NULL) return pn_malloc_inline(size);
-  size_t usable = usable_size_checked(p, "pantry_realloc");
+  size_t usable = pn_usable_size_checked(p, "pantry_realloc");
   if (size <= usable && size >= usable / 2 && size > 0) return p;
   void *q = pn_malloc_inline(size);
   if (q == NULL) return NULL;
@@ -150,7 +154,7 @@ static void free_sized_checked(void *p, size_t size, size_t align, const char *f
   if (PN_UNLIKELY(((uintptr_t)p & (align - 1)) != 0))
     pn_fatal("%s(%p, size %zu, align %zu): wrong layout: the pointer is not aligned to %zu", fn,
              p, size, align, align);
-  size_t usable = usable_size_checked(p, fn);
+  size_t usable = pn_usable_size_checked(p, fn);
   pn_page_t *page = pn_segment_page_of(pn_segment_of(p), p);
   if (PN_UNLIKELY(!layout_fits_page(page, size, align, usable)))
     pn_fatal("%s(%p, size %zu, align %zu): wrong size: the block is of size class %zu bytes "

@@ -86,6 +86,10 @@ static inline uintptr_t pn_atomic_fetch_sub_acq_rel(pn_atomic_uintptr_t *p, uint
   return atomic_fetch_sub_explicit(p, v, memory_order_acq_rel);
 }
 
+/* A full fence: orders a store before it against a load after it (Dekker:
+ * each side stores its flag, fences, then reads the other's). */
+static inline void pn_atomic_fence_seq_cst(void) { atomic_thread_fence(memory_order_seq_cst); }
+
 /* uint32_t: small counters and states. */
 
 static inline uint32_t pn_atomic_load_acquire32(pn_atomic_uint32_t *p) {

@@ -442,7 +442,7 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
     }
   }
   pn_block_t *block = page->free;
-  page->free = block->next;
+  page->free = pn_block_next(page, block);
   page->used++;
   return block;
 }
@@ -469,7 +469,7 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
     pn_page_t *first = heap->queues[pn_bin(size)].first;
     if (first != NULL && first->free != NULL && ((uintptr_t)first->free & (align - 1)) == 0) {
       pn_block_t *b = first->free;
-      first->free = b->next;
+      first->free = pn_block_next(first, b);
       first->used++;
       return b;
     }
@@ -499,10 +499,20 @@ void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) {
 
 /* A free by the owner that the fast path did not take: a page in the full
  * state or one with aligned blocks. `block` is the block's start. */
-void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block) {
-  if (pn_debug && pn_page_contains_free(page, block))
-    pn_fatal("pantry_free(%p): double free (the block is already free)", (void *)block);
-  block->next = page->local_free;
+void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block,
+                             const char *fn) {
+  if (PN_UNLIKELY(page->used == 0))
+    pn_fatal("%s(%p): double free (no block of its page is in use; block size %zu)", fn,
+             (void *)block, page->block_size);
+  if (pn_block_maybe_free(page, block)) {
+    /* Collect remote frees first so the scan sees every free block. */
+    pn_page_collect_all(page);
+    if (pn_page_contains_free(page, block))
+      pn_fatal("%s(%p): double free (the block is already on its page's free list; block "
+               "size %zu)",
+               fn, (void *)block, page->block_size);
+  }
+  pn_block_set_next(page, block, page->local_free);
   page->local_free = block;
   page->used--;
   if (page->flags.x.in_full) heap_page_unfull(heap, page);

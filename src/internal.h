@@ -142,6 +142,7 @@ typedef struct pn_segment pn_segment_t;
 typedef struct pn_page {
   pn_block_t *free;       /* owner: blocks ready to hand out */
   pn_block_t *local_free; /* owner: blocks freed by the owner */
+  uintptr_t key;          /* set at format: free-list links are stored as next ^ key */
   uint32_t used;          /* owner: blocks handed out, remote frees included */
   uint32_t capacity;      /* owner: blocks carved so far */
   uint32_t reserved;      /* owner (set at format): blocks that fit */
@@ -188,6 +189,10 @@ struct pn_segment {
   size_t mapping_size;        /* immutable: bytes mapped */
   struct pn_segment *next;    /* owner: the heap's list of segments of this kind */
   struct pn_segment *prev;    /* owner */
+  /* Pools (pool.c); heaps leave these alone. A pool segment has xowner 0. */
+  pn_atomic_uintptr_t xpool_owner; /* atomic relaxed: token of the thread whose pool cache owns it */
+  void *pool_cache;           /* owner (that thread): the pool cache that owns it */
+  struct pn_segment *pool_next; /* immutable once pushed: the pool's registry of its segments */
   struct cds_lfs_node depot_node; /* depot: link in an lfstack */
   struct rcu_head rcu_head;   /* depot: deferred push or unmap */
   pn_page_t pages[PN_PAGES_MAX];
@@ -287,6 +292,30 @@ void *pn_page_block_start(const pn_page_t *page, const void *p) PN_HIDDEN;
 bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block) PN_HIDDEN;
 
+/* Free-list links are stored encoded, next ^ page->key (a random value per
+ * page), on every list of the page: free, local_free and the thread-free
+ * list. A freed block's first word therefore decodes to NULL or to a block
+ * of the same page, which user data almost never does: a free that finds
+ * that pattern scans the page's lists to confirm a double free (an always-on
+ * check that costs a compare on a word the free writes anyway), and a
+ * stray write into a free block is unlikely to yield a pointer that escapes
+ * the page. */
+static inline pn_block_t *pn_block_next(const pn_page_t *page, const pn_block_t *block) {
+  return (pn_block_t *)((uintptr_t)block->next ^ page->key);
+}
+
+static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
+                                     const pn_block_t *next) {
+  block->next = (pn_block_t *)((uintptr_t)next ^ page->key);
+}
+
+/* Whether `block`'s first word looks like a free block's link: decoded, NULL
+ * or an address inside the page. */
+static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *block) {
+  uintptr_t next = (uintptr_t)pn_block_next(page, block);
+  return next == 0 || next - (uintptr_t)page->page_start < page->area;
+}
+
 /* Whether `p` is the start of a block of `page`: off % block_size == 0 by
  * the divisibility test of Granlund and Montgomery (a multiply, no divide). */
 static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) {
@@ -319,7 +348,8 @@ extern pn_page_t pn_page_empty PN_HIDDEN;
 void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) PN_HIDDEN PN_NOINLINE;
 void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) PN_HIDDEN;
 void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN PN_NOINLINE;
-void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block) PN_HIDDEN;
+void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block,
+                             const char *fn) PN_HIDDEN;
 pn_heap_t *pn_heap_get_or_init(void) PN_HIDDEN;
 void pn_process_init(void) PN_HIDDEN;
 
@@ -360,6 +390,13 @@ static inline void pn_stat_sub(pn_stat_t stat, uintptr_t n) {
 }
 
 void pn_stats_print_counters(FILE *out) PN_HIDDEN;
+
+/* ------------------------------------------------------------------------ */
+/* pool.c: pools                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* pantry_free (and friends) of an object of `pool`: diagnosed, aborts. */
+_Noreturn void pn_pool_misfree(const void *pool, const void *p, const char *fn) PN_HIDDEN PN_COLD;
 
 /* ------------------------------------------------------------------------ */
 /* error.c: diagnostics                                                     */

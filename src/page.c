@@ -33,6 +33,9 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
   page->free = page->local_free = NULL;
   page->flags.all = 0;
   page->next = page->prev = NULL;
+  /* A key per format: the process key mixed with the page's address and a
+   * generation-like odd multiplier; never 0, so NULL is never stored. */
+  page->key = ((pn_cookie_key ^ (uintptr_t)page ^ (uintptr_t)block_size) * 0x9E3779B97F4A7C15u) | 1;
   pn_atomic_store_relaxed(&page->xthread_free, 0);
   /* block_size = odd << shift; the inverse of odd mod 2^32 by Newton's
    * iteration (each step doubles the correct low bits: 3, 6, 12, 24, 48). */
@@ -55,10 +58,10 @@ void pn_page_extend(pn_page_t *page) {
   uint8_t *first = page->page_start + (size_t)page->capacity * page->block_size;
   uint8_t *p = first;
   for (uint32_t i = 0; i + 1 < count; i++) {
-    ((pn_block_t *)p)->next = (pn_block_t *)(p + page->block_size);
+    pn_block_set_next(page, (pn_block_t *)p, (pn_block_t *)(p + page->block_size));
     p += page->block_size;
   }
-  ((pn_block_t *)p)->next = page->free;
+  pn_block_set_next(page, (pn_block_t *)p, page->free);
   page->free = (pn_block_t *)first;
   page->capacity += count;
 }
@@ -80,8 +83,8 @@ static void page_collect_thread_free(pn_page_t *page) {
              (void *)page, page->block_size, count, page->used);
   if (page->free != NULL) { /* rare (abandon, adopt): splice at the tail */
     pn_block_t *tail = head;
-    while (tail->next != NULL) tail = tail->next;
-    tail->next = page->free;
+    while (pn_block_next(page, tail) != NULL) tail = pn_block_next(page, tail);
+    pn_block_set_next(page, tail, page->free);
   }
   page->free = head;
   page->used -= count;
@@ -133,7 +136,7 @@ void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *blo
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
   do {
-    block->next = (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK);
+    pn_block_set_next(page, block, (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK));
     uintptr_t count = (old >> PN_THREAD_FREE_COUNT_SHIFT) + 1;
     word = (uintptr_t)block | (count << PN_THREAD_FREE_COUNT_SHIFT);
   } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, word));
@@ -151,9 +154,9 @@ void *pn_page_block_start(const pn_page_t *page, const void *p) {
 /* Debug: whether `block` is already on the page's free or local free list.
  * Owner only; O(blocks). */
 bool pn_page_contains_free(const pn_page_t *page, const void *block) {
-  for (const pn_block_t *b = page->free; b != NULL; b = b->next)
+  for (const pn_block_t *b = page->free; b != NULL; b = pn_block_next(page, b))
     if (b == block) return true;
-  for (const pn_block_t *b = page->local_free; b != NULL; b = b->next)
+  for (const pn_block_t *b = page->local_free; b != NULL; b = pn_block_next(page, b))
     if (b == block) return true;
   return false;
 }
