@@ -13,12 +13,7 @@ static inline void *pn_malloc_inline(size_t size) {
   pn_heap_t *heap = pn_heap_tls;
   if (PN_LIKELY(size <= PN_DIRECT_SIZE_MAX)) {
     pn_page_t *page = heap->pages_direct[pn_wsize(size)];
-    pn_block_t *block = page->free;
-    if (PN_LIKELY(block != NULL)) {
-      page->free = pn_block_next(page, block);
-      page->used++;
-      return block;
-    }
+    if (PN_LIKELY(page->free != NULL)) return pn_page_pop(page);
   }
   return pn_heap_malloc_slow(heap, size);
 }
@@ -31,8 +26,8 @@ size_t pn_usable_size_checked(const void *p, const char *fn) PN_HIDDEN;
  * almost no cost: that `p` is the start of a block (a multiply), and that
  * its first word does not look like a free block's link (a double free
  * suspect, confirmed in the slow path). Everything else (NULL, foreign
- * pointers, remote frees, full or aligned pages, huge blocks, the page's last
- * block, a suspect) goes to pn_free_slow. */
+ * pointers, remote frees, full or aligned pages, huge blocks, a suspect) goes
+ * to pn_free_slow. */
 static inline void pn_free_inline(void *p, const char *fn) {
   if (PN_LIKELY(pn_segment_map_contains(p))) {
     pn_segment_t *segment = pn_segment_of(p);
@@ -43,10 +38,10 @@ static inline void pn_free_inline(void *p, const char *fn) {
     pn_block_t *block = p;
     if (PN_LIKELY((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap &&
                   page->flags.all == 0 && pn_page_is_block_start(page, p) &&
-                  page->used > 1 && !pn_block_maybe_free(page, block) && !pn_debug)) {
+                  !pn_block_maybe_free(page, block) && !pn_debug)) {
       pn_block_set_next(page, block, page->local_free);
       page->local_free = block;
-      page->used--;
+      if (PN_UNLIKELY(--page->used == 0)) pn_heap_page_retire(heap, page);
       return;
     }
   }

@@ -441,10 +441,7 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
       return NULL;
     }
   }
-  pn_block_t *block = page->free;
-  page->free = pn_block_next(page, block);
-  page->used++;
-  return block;
+  return pn_page_pop(page);
 }
 
 /* `size` bytes aligned to `align` (a power of two, 16 < align <=
@@ -467,12 +464,8 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
    * is a multiple of `align` in a page whose start is aligned): take it. */
   if (!heap->is_sentinel) {
     pn_page_t *first = heap->queues[pn_bin(size)].first;
-    if (first != NULL && first->free != NULL && ((uintptr_t)first->free & (align - 1)) == 0) {
-      pn_block_t *b = first->free;
-      first->free = pn_block_next(first, b);
-      first->used++;
-      return b;
-    }
+    if (first != NULL && first->free != NULL && ((uintptr_t)first->free & (align - 1)) == 0)
+      return pn_page_pop(first);
   }
   uint8_t *block;
   block = pn_heap_malloc_slow(heap, padded);

@@ -309,6 +309,18 @@ static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
   block->next = (pn_block_t *)((uintptr_t)next ^ page->key);
 }
 
+/* Pop the first block of page->free (not empty) and hand it out. Its link
+ * word is cleared, so an allocated block never carries a valid link: a later
+ * free finds user data there, or 0, which decodes to the page key, never to
+ * NULL or into the page. Owner only. */
+static inline pn_block_t *pn_page_pop(pn_page_t *page) {
+  pn_block_t *block = page->free;
+  page->free = pn_block_next(page, block);
+  block->next = NULL;
+  page->used++;
+  return block;
+}
+
 /* Whether `block`'s first word looks like a free block's link: decoded, NULL
  * or an address inside the page. */
 static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *block) {
