@@ -41,6 +41,15 @@
  *   The purge (madvise) of a released segment also runs in that callback,
  *   on liburcu's worker thread, off every allocation path.
  *
+ * Re-entry: liburcu allocates while it holds its own mutexes (the first
+ *   call_rcu creates the worker's data with calloc under call_rcu_mutex; the
+ *   fork handlers do the same). Under LD_PRELOAD that allocation is ours, and
+ *   if it reached call_rcu again the thread would deadlock on itself. So
+ *   every call into liburcu runs with depot_in_urcu set; while it is set, a
+ *   release is pushed on depot_pending (push and pop_all only: no ABA, no
+ *   RCU) and handed to call_rcu by the next release made from outside, and a
+ *   cache pop simply finds nothing (the caller maps a new segment).
+ *
  * No lock: __cds_lfs_pop and cds_lfs_push are a CAS loop each; call_rcu
  * enqueues on a wait-free queue and wakes the worker. The urcu-bp
  * registration a thread makes on its first read-side section takes liburcu's
@@ -55,15 +64,19 @@
 
 static struct __cds_lfs_stack depot_abandoned; /* segments with live blocks */
 static struct __cds_lfs_stack depot_cached;    /* empty segments, purged */
+static struct __cds_lfs_stack depot_pending;  /* releases made from inside liburcu */
 static pn_atomic_uintptr_t depot_xcached_count;    /* atomic relaxed: a bound, not an exact count */
+static _Thread_local bool depot_in_urcu;       /* this thread is inside a liburcu call */
 
 /* Pop one segment of the cache (see the top comment for why RCU). */
 static pn_segment_t *depot_pop_cached(void) {
   /* racy: a plain peek; an empty-looking stack just means "try later". */
-  if (cds_lfs_empty(&depot_cached)) return NULL;
+  if (cds_lfs_empty(&depot_cached) || depot_in_urcu) return NULL;
+  depot_in_urcu = true;
   urcu_bp_read_lock();
   struct cds_lfs_node *node = __cds_lfs_pop(&depot_cached);
   urcu_bp_read_unlock();
+  depot_in_urcu = false;
   return node ? caa_container_of(node, pn_segment_t, depot_node) : NULL;
 }
 
@@ -103,7 +116,21 @@ void pn_depot_abandon(pn_segment_t *segment) {
 /* Hand an empty segment to the depot: cached (purged) or unmapped. */
 void pn_depot_release(pn_segment_t *segment) {
   pn_atomic_store_relaxed(&segment->xowner, 0);
+  if (depot_in_urcu) {
+    depot_push(&depot_pending, segment);
+    return;
+  }
+  depot_in_urcu = true;
   urcu_bp_call_rcu(&segment->rcu_head, depot_release_rcu);
+  if (!cds_lfs_empty(&depot_pending)) {
+    struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_pending);
+    for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
+      next = node->next;
+      pn_segment_t *pending = caa_container_of(node, pn_segment_t, depot_node);
+      urcu_bp_call_rcu(&pending->rcu_head, depot_release_rcu);
+    }
+  }
+  depot_in_urcu = false;
 }
 
 /* An abandoned segment for the calling thread to adopt, or NULL: take the
@@ -138,6 +165,7 @@ pn_segment_t *pn_depot_take_cached(void) {
  * allocation paths hold no lock, so these handlers cannot deadlock with a
  * malloc that a callback makes. */
 void pn_depot_fork_prepare(void) {
+  depot_in_urcu = true;
   urcu_bp_call_rcu_before_fork();
   urcu_bp_before_fork();
 }
@@ -145,9 +173,11 @@ void pn_depot_fork_prepare(void) {
 void pn_depot_fork_parent(void) {
   urcu_bp_after_fork_parent();
   urcu_bp_call_rcu_after_fork_parent();
+  depot_in_urcu = false;
 }
 
 void pn_depot_fork_child(void) {
   urcu_bp_after_fork_child();
   urcu_bp_call_rcu_after_fork_child();
+  depot_in_urcu = false;
 }
