@@ -68,6 +68,23 @@ static struct __cds_lfs_stack depot_pending;  /* releases made from inside libur
 static pn_atomic_uintptr_t depot_xcached_count;    /* atomic relaxed: a bound, not an exact count */
 static _Thread_local bool depot_in_urcu;       /* this thread is inside a liburcu call */
 
+/* The handoff edge. liburcu's stack and call_rcu queue order memory with
+ * x86 inline assembly (full barriers), which is enough for the hardware but
+ * invisible to the C11 model and to ThreadSanitizer. So every handoff of a
+ * segment also carries a C11 edge of its own: the giving thread's release
+ * increment of segment->xdepot_handoffs, read with acquire by the taking
+ * thread after the pop (or at the start of the RCU callback). Everything the
+ * giver wrote to the segment before the handoff happens-before what the
+ * taker does with it. */
+static void depot_handoff_give(pn_segment_t *segment) {
+  pn_atomic_fetch_add_acq_rel(&segment->xdepot_handoffs, 1);
+}
+
+static pn_segment_t *depot_handoff_take(pn_segment_t *segment) {
+  if (segment != NULL) (void)pn_atomic_load_acquire(&segment->xdepot_handoffs);
+  return segment;
+}
+
 /* Pop one segment of the cache (see the top comment for why RCU). */
 static pn_segment_t *depot_pop_cached(void) {
   /* racy: a plain peek; an empty-looking stack just means "try later". */
@@ -77,19 +94,25 @@ static pn_segment_t *depot_pop_cached(void) {
   struct cds_lfs_node *node = __cds_lfs_pop(&depot_cached);
   urcu_bp_read_unlock();
   depot_in_urcu = false;
-  return node ? caa_container_of(node, pn_segment_t, depot_node) : NULL;
+  return depot_handoff_take(node ? caa_container_of(node, pn_segment_t, depot_node) : NULL);
 }
 
 static void depot_push(struct __cds_lfs_stack *stack, pn_segment_t *segment) {
   cds_lfs_node_init(&segment->depot_node);
+  depot_handoff_give(segment);
   cds_lfs_push(stack, &segment->depot_node);
+}
+
+static void depot_call_rcu(pn_segment_t *segment, void (*fn)(struct rcu_head *)) {
+  depot_handoff_give(segment);
+  urcu_bp_call_rcu(&segment->rcu_head, fn);
 }
 
 /* call_rcu callbacks: a grace period has passed since the segment was last
  * popped (see the comment at the top). They run on liburcu's worker thread. */
 
 static void depot_release_rcu(struct rcu_head *head) {
-  pn_segment_t *segment = caa_container_of(head, pn_segment_t, rcu_head);
+  pn_segment_t *segment = depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head));
   if (pn_atomic_fetch_add_relaxed(&depot_xcached_count, 1) < DEPOT_CACHE_MAX) {
     /* Keep the mapping, give the memory back; the header page stays. */
     pn_os_purge((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE,
@@ -121,13 +144,14 @@ void pn_depot_release(pn_segment_t *segment) {
     return;
   }
   depot_in_urcu = true;
-  urcu_bp_call_rcu(&segment->rcu_head, depot_release_rcu);
+  depot_call_rcu(segment, depot_release_rcu);
   if (!cds_lfs_empty(&depot_pending)) {
     struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_pending);
     for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
       next = node->next;
-      pn_segment_t *pending = caa_container_of(node, pn_segment_t, depot_node);
-      urcu_bp_call_rcu(&pending->rcu_head, depot_release_rcu);
+      pn_segment_t *pending =
+          depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
+      depot_call_rcu(pending, depot_release_rcu);
     }
   }
   depot_in_urcu = false;
@@ -141,13 +165,14 @@ pn_segment_t *pn_depot_adopt(void) {
   struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_abandoned);
   if (head == NULL) return NULL;
   struct cds_lfs_node *node = &head->node;
+  pn_segment_t *segment = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
   struct cds_lfs_node *rest = node->next;
   while (rest != NULL) {
-    struct cds_lfs_node *next = rest->next;
-    cds_lfs_push(&depot_abandoned, rest);
-    rest = next;
+    pn_segment_t *other = depot_handoff_take(caa_container_of(rest, pn_segment_t, depot_node));
+    rest = rest->next;
+    depot_push(&depot_abandoned, other);
   }
-  return caa_container_of(node, pn_segment_t, depot_node);
+  return segment;
 }
 
 /* A cached empty segment, or NULL. */

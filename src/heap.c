@@ -204,8 +204,11 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
     page->next = page->prev = NULL;
     pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
     if (page->used == 0) {
+      /* Decide before the release: releasing the last page may hand the
+       * segment to the depot, after which it is not ours to read. */
+      bool last = segment->used_pages == 1;
       heap_page_release(heap, page);
-      if (segment->used_pages == 0) return;
+      if (last) return;
       continue;
     }
     heap_queue_push_front(heap, page->bin, page);

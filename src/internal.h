@@ -193,6 +193,10 @@ struct pn_segment {
   pn_atomic_uintptr_t xpool_owner; /* atomic relaxed: token of the thread whose pool cache owns it */
   void *pool_cache;           /* owner (that thread): the pool cache that owns it */
   struct pn_segment *pool_next; /* immutable once pushed: the pool's registry of its segments */
+  /* owner writes (relaxed load + store), stats read: local frees of pool
+   * objects; a line of its own, away from xpool_owner, which every free reads */
+  _Alignas(64) pn_atomic_uintptr_t xpool_frees;
+  pn_atomic_uintptr_t xdepot_handoffs; /* atomic acq/rel: the C11 edge of every depot handoff */
   struct cds_lfs_node depot_node; /* depot: link in an lfstack */
   struct rcu_head rcu_head;   /* depot: deferred push or unmap */
   pn_page_t pages[PN_PAGES_MAX];
@@ -409,6 +413,8 @@ void pn_stats_print_counters(FILE *out) PN_HIDDEN;
 
 /* pantry_free (and friends) of an object of `pool`: diagnosed, aborts. */
 _Noreturn void pn_pool_misfree(const void *pool, const void *p, const char *fn) PN_HIDDEN PN_COLD;
+/* The checks of pantry_pool_free (for pantry_pool_free_deferred): diagnosed, aborts. */
+void pn_pool_check(void *pool, void *obj, const char *fn) PN_HIDDEN;
 
 /* ------------------------------------------------------------------------ */
 /* error.c: diagnostics                                                     */
