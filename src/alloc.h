@@ -39,6 +39,7 @@ static inline void pn_free_inline(void *p, const char *fn) {
     if (PN_LIKELY((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap &&
                   page->flags.all == 0 && pn_page_is_block_start(page, p) &&
                   !pn_block_maybe_free(page, block) && !pn_debug)) {
+      pn_block_release(page, block, fn);
       pn_block_set_next(page, block, page->local_free);
       page->local_free = block;
       if (PN_UNLIKELY(--page->used == 0)) pn_heap_page_retire(heap, page);

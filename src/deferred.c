@@ -2,9 +2,15 @@
  * a grace period of the RCU flavor that the program's readers use, so a
  * reader inside rcu_read_lock() may still be reading it.
  *
+ * This file is the deferring threads' side: slots, batches, the callback,
+ * the public functions. deferred_worker.c is pantry's worker thread (step 3
+ * below, the time bound, the barrier's wait on it, fork); deferred.h is
+ * what the two share.
+ *
  * Layer: the top, beside alloc.c; calls alloc.h (the checks and the free of
- * pantry_free), os.c (slot memory) and liburcu: the flavor's call_rcu,
- * register_thread and barrier, and a wait-free queue (urcu/wfcqueue.h).
+ * pantry_free), pool.c (the checks and the free of pantry_pool_free), os.c
+ * (slot memory) and liburcu: the flavor's call_rcu and barrier, and a
+ * wait-free queue (urcu/wfcqueue.h).
  *
  * The path of a pointer:
  *   1. pantry_free_deferred checks `p` as pantry_free would and appends it to
@@ -18,23 +24,35 @@
  *      (the only thread pantry ever registers), issues one call_rcu per
  *      batch. So the program's threads need not be registered, and a thread
  *      the program did register is never registered again.
- *   4. After the grace period, the batch's callback frees every pointer
- *      (on liburcu's call_rcu thread: a remote free), then the batch.
+ *   4. After the grace period, the batch's callback (on liburcu's call_rcu
+ *      thread) runs the drop of every pool object in it and gives the
+ *      object back to its pool, then returns the batch to its thread's slot
+ *      (slot->xdone).
+ *   5. The thread frees the returned blocks, one batch each time it starts
+ *      a batch, and all when it exits: local frees, at the pace of its
+ *      allocations, into caches that thread warmed, so its next allocations
+ *      find them hot. If the thread is idle for a tick or two, or gone, the
+ *      worker frees them; a barrier frees whatever is left.
  *
  * Shared state and who writes it:
  *   slot->xbatch        the owner takes its batch out (exchange) and puts it
  *                       back (release store) around each append; the worker
  *                       and the barrier steal it with an exchange. Whoever
  *                       holds a batch (exchanged out, non-zero) owns it alone.
+ *   slot->xdone         a stack of batches past their grace period: the
+ *                       callback pushes (CAS), the owner, the worker and the
+ *                       barrier take it whole (exchange) and free the blocks.
+ *   slot->xtaking       takes of xdone whose frees are still running, so a
+ *                       barrier can wait for them to finish.
  *   slot->xin_use       claimed by CAS when a thread starts, released at exit.
- *   deferred_xslots     push-only list of slots (CAS push; never freed).
- *   deferred_queue      the handover queue: any thread enqueues (wait-free),
+ *   pn_deferred_xslots  push-only list of slots (CAS push; never freed).
+ *   pn_deferred_queue   the handover queue: any thread enqueues (wait-free),
  *                       only the worker splices it (single consumer).
- *   deferred_xbatches   atomic: batches created and not yet freed by their
- *                       callback. Zero means no deferred free is pending.
- *   deferred_xwake      futex word: the worker's sleep state.
- *   deferred_xasked /   barrier tickets: a barrier takes a ticket; the
- *   deferred_xdone      worker publishes the last ticket it served.
+ *   pn_deferred_xbatches  batches made whose blocks are not all freed yet
+ *                       (add at creation, sub after the frees). Zero means
+ *                       no deferred free is pending.
+ *   deferred_xflavor    the readers' flavor: set_flavor (under its lock).
+ *   The worker's own state is described in deferred_worker.c.
  *
  * No lock on the free path: an append is one exchange and one store on the
  * thread's own slot; a handover is one wait-free enqueue; a new batch is a
@@ -44,17 +62,13 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <pthread.h>
-#include <signal.h>
+#include <sched.h>
+#include <stdio.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <urcu/wfcqueue.h>
 
 #include "alloc.h"
+#include "deferred.h"
 #include "pantry.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -84,125 +98,54 @@ struct call_rcu_data *urcu_memb_get_thread_call_rcu_data(void);
 /* Tuning                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* One batch: 8 KiB, 1020 pointers, one call_rcu. */
+/* One batch: 8 KiB, 1018 pointers, one call_rcu. */
 #define DEFERRED_BATCH_BYTES ((size_t)8192)
-/* The worker's tick. A partial batch seen unchanged at two ticks is handed
- * over: no pointer waits more than about two ticks before its call_rcu. */
-#define DEFERRED_TICK_NS ((int64_t)10 * 1000 * 1000)
+/* Flavors set_flavor remembers (their fork functions, found once). */
 #define DEFERRED_FLAVORS_MAX 8
-/* How many blocks ahead the callback prefetches the block it will free. */
+/* Batches of returned blocks a thread frees each time it starts a batch.
+ * One: a thread gets back exactly the batches it made, so freeing one per
+ * batch made keeps the backlog at what was in flight, and frees at the
+ * pace of allocation, which keeps pages neither emptied nor refilled. */
+#define DEFERRED_FREE_PER_BATCH 1
+/* How many blocks ahead a free of a batch prefetches the block it will free. */
 #define DEFERRED_PREFETCH 8
-
-/* ------------------------------------------------------------------------ */
-/* Types                                                                    */
-/* ------------------------------------------------------------------------ */
-
-/* A batch of deferred pointers. Held by one thread at a time: its owner
- * (through slot->xbatch), then whoever stole or received it, then, after
- * call_rcu, the callback, which frees it.
- * Invariant: 1 <= count <= DEFERRED_BATCH_CAPACITY once handed over. */
-typedef struct deferred_batch {
-  struct rcu_head rcu_head;        /* holder: the batch's one call_rcu */
-  struct cds_wfcq_node queue_node; /* holder: link in deferred_queue */
-  uint32_t count;                  /* holder: items[0..count) wait */
-  uint32_t reserved;
-  uintptr_t items[];               /* holder: the deferred pointers */
-} deferred_batch_t;
-
-#define DEFERRED_BATCH_CAPACITY \
-  ((uint32_t)((DEFERRED_BATCH_BYTES - sizeof(deferred_batch_t)) / sizeof(uintptr_t)))
-
-/* A thread's place in pantry's list of batches. Slots are never freed; a
- * slot whose thread exited is claimed by the next thread that defers.
- * One cache line each, so a thread's appends do not bounce another's. */
-typedef struct deferred_slot {
-  _Alignas(64) pn_atomic_uintptr_t xbatch; /* atomic acq/rel: a non-empty batch, or 0 */
-  pn_atomic_uintptr_t xin_use;             /* atomic acq/rel: 1 while a thread owns the slot */
-  struct deferred_slot *next;              /* immutable once pushed on deferred_xslots */
-  uintptr_t worker_seen;                   /* worker: xbatch at its previous tick */
-} deferred_slot_t;
-
-_Static_assert(sizeof(deferred_slot_t) == 64, "a slot is one cache line");
-
-/* A flavor and the functions that rcu_flavor_struct lacks, found by name
- * (urcu_<flavor>_call_rcu_before_fork, ...). Immutable once published. */
-typedef struct deferred_flavor {
-  const struct rcu_flavor_struct *rcu;
-  void (*before_fork)(void);
-  void (*after_fork_parent)(void);
-  void (*after_fork_child)(void);
-  struct call_rcu_data *(*get_thread_call_rcu_data)(void);
-} deferred_flavor_t;
-
-/* Worker life (deferred_xlife) and sleep states (deferred_xwake). */
-enum { LIFE_NONE, LIFE_STARTING, LIFE_STARTED, LIFE_SHUTDOWN };
-enum { WAKE_RUNNING, WAKE_NAPPING, WAKE_IDLE };
-/* Commands to the worker (deferred_xcommand), acknowledged in deferred_xack. */
-enum { COMMAND_NONE, COMMAND_PAUSE, COMMAND_STOP };
 
 /* ------------------------------------------------------------------------ */
 /* State                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static deferred_flavor_t deferred_flavors[DEFERRED_FLAVORS_MAX] = {
+#define DEFERRED_BATCH_CAPACITY                                                                    \
+  ((uint32_t)((DEFERRED_BATCH_BYTES - sizeof(pn_deferred_batch_t)) / sizeof(uintptr_t)))
+
+_Static_assert(sizeof(pn_deferred_slot_t) == 64, "a slot is one cache line");
+
+pn_atomic_uintptr_t pn_deferred_xslots;
+pn_atomic_uintptr_t pn_deferred_xbatches;
+struct __cds_wfcq_head pn_deferred_queue_head;
+struct cds_wfcq_tail pn_deferred_queue_tail;
+
+static pn_deferred_flavor_t deferred_flavors[DEFERRED_FLAVORS_MAX] = {
     {&urcu_memb_flavor, urcu_memb_call_rcu_before_fork, urcu_memb_call_rcu_after_fork_parent,
      urcu_memb_call_rcu_after_fork_child, urcu_memb_get_thread_call_rcu_data},
 };
-static unsigned deferred_flavor_count = 1;        /* deferred_control_lock */
-static pn_atomic_uintptr_t deferred_xflavor;     /* atomic acq/rel: a deferred_flavors entry, 0 = [0] */
+static unsigned deferred_flavor_count = 1;   /* deferred_control_lock */
+static pn_atomic_uintptr_t deferred_xflavor; /* atomic acq/rel: a deferred_flavors entry, 0 = [0] */
 static pthread_mutex_t deferred_control_lock = PTHREAD_MUTEX_INITIALIZER; /* set_flavor only */
-
-static pn_atomic_uintptr_t deferred_xslots;   /* atomic acq/rel: the list of slots */
-static pn_atomic_uintptr_t deferred_xbatches; /* atomic acq/rel: batches not yet freed */
-
-static struct __cds_wfcq_head deferred_queue_head; /* any thread enqueues; the worker splices */
-static struct cds_wfcq_tail deferred_queue_tail;
-
-static pn_atomic_uint32_t deferred_xlife;    /* atomic acq/rel: LIFE_* */
-static pn_atomic_uint32_t deferred_xwake;    /* atomic, futex: WAKE_*, written by worker and kickers */
-static pn_atomic_uint32_t deferred_xcommand; /* atomic, futex: COMMAND_*, written by fork and exit */
-static pn_atomic_uint32_t deferred_xack;     /* atomic, futex: the command the worker obeys */
-static pn_atomic_uintptr_t deferred_xasked;  /* atomic acq/rel: barrier tickets taken */
-static pn_atomic_uint32_t deferred_xdone;    /* atomic, futex: low 32 bits of the last ticket served */
-static pthread_t deferred_worker;            /* written by the thread that starts it */
 
 static pthread_once_t deferred_once = PTHREAD_ONCE_INIT;
 static pthread_key_t deferred_key; /* its destructor hands the exiting thread's batch over */
 static pn_atomic_uint32_t deferred_xkey_made; /* atomic acq/rel: 1 once deferred_key exists */
 
-static _Thread_local deferred_slot_t *deferred_tls_slot;
-static _Thread_local bool deferred_tls_in_callback; /* a batch callback runs on this thread */
+static _Thread_local pn_deferred_slot_t *deferred_tls_slot;
+static _Thread_local bool deferred_tls_in_callback; /* a pool drop of ours runs on this thread */
 
-/* fork: what the prepare handler did, for the parent and child handlers.
- * Written and read by the forking thread only. */
-static const deferred_flavor_t *deferred_fork_flavor;
-static const struct rcu_flavor_struct *deferred_fork_online; /* the flavor it went offline in */
-static bool deferred_fork_paused;
-
-static const deferred_flavor_t *deferred_flavor(void) {
+/* The readers' flavor now. */
+const pn_deferred_flavor_t *pn_deferred_flavor(void) {
   uintptr_t f = pn_atomic_load_acquire(&deferred_xflavor);
-  return f ? (const deferred_flavor_t *)f : &deferred_flavors[0];
+  return f ? (const pn_deferred_flavor_t *)f : &deferred_flavors[0];
 }
 
-/* ------------------------------------------------------------------------ */
-/* Futexes and the clock                                                    */
-/* ------------------------------------------------------------------------ */
-
-/* Sleep while *word == value, at most `ns` nanoseconds (< 0: no bound). */
-static void deferred_futex_wait(pn_atomic_uint32_t *word, uint32_t value, int64_t ns) {
-  struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, value, ns < 0 ? NULL : &ts, NULL, 0);
-}
-
-static void deferred_futex_wake(pn_atomic_uint32_t *word, int count) {
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
-}
-
-static int64_t deferred_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+pn_deferred_slot_t *pn_deferred_slot_mine(void) { return deferred_tls_slot; }
 
 /* ------------------------------------------------------------------------ */
 /* AddressSanitizer: a block is poisoned while it waits for its grace       */
@@ -230,231 +173,151 @@ static inline void deferred_unpoison(void *p) {
 /* Batches                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* The callback of a batch's call_rcu: a grace period has passed since every
- * pointer in it was deferred. Runs on liburcu's call_rcu thread. */
-static void deferred_batch_rcu(struct rcu_head *head) {
-  deferred_batch_t *batch = caa_container_of(head, deferred_batch_t, rcu_head);
-  deferred_tls_in_callback = true;
+/* Free every block of a batch whose grace period has ended, then the batch.
+ * Any thread; its frees are local where it owns the blocks' pages. */
+static void deferred_batch_free(pn_deferred_batch_t *batch) {
   uint32_t count = batch->count;
   for (uint32_t i = 0; i < count; i++) {
+    /* The blocks are cold and each free writes into its block: start the
+     * misses early. */
+    if (i + DEFERRED_PREFETCH < count)
+      __builtin_prefetch((void *)(batch->items[i + DEFERRED_PREFETCH] & ~(uintptr_t)1), 1);
     void *p = (void *)batch->items[i];
-    /* The blocks are cold (deferred long ago, maybe by another core) and
-     * each free writes into its block: start the misses early. */
-    if (i + DEFERRED_PREFETCH < count) __builtin_prefetch((void *)batch->items[i + DEFERRED_PREFETCH], 1);
+    if (p == NULL)
+      continue; /* a pool object, already given back by the callback */
     deferred_unpoison(p);
     pn_free_inline(p, "pantry_free_deferred");
   }
-  deferred_tls_in_callback = false;
   pn_free_inline(batch, "pantry_free_deferred");
   /* Release: the frees above happen before any barrier that sees the count
    * drop (its acquire load in pantry_deferred_barrier). */
-  pn_atomic_fetch_sub_acq_rel(&deferred_xbatches, 1);
+  pn_atomic_fetch_sub_acq_rel(&pn_deferred_xbatches, 1);
+}
+
+/* Free a list of batches taken from a slot's xdone. */
+static void deferred_done_free(uintptr_t list) {
+  while (list != 0) {
+    pn_deferred_batch_t *batch = (pn_deferred_batch_t *)list;
+    list = (uintptr_t)batch->done_next;
+    deferred_batch_free(batch);
+  }
+}
+
+/* Push a chain of batches (first..last) back on the slot's xdone. */
+static void deferred_done_push(pn_deferred_slot_t *slot, pn_deferred_batch_t *first,
+                               pn_deferred_batch_t *last) {
+  uintptr_t head = pn_atomic_load_relaxed(&slot->xdone);
+  do {
+    last->done_next = (pn_deferred_batch_t *)head;
+    /* Release: publishes done_next (and the batch's contents) to the
+     * taker's acquire exchange. A push never reads through the old head,
+     * so ABA cannot hurt it. */
+  } while (!pn_atomic_cas_weak_release(&slot->xdone, &head, (uintptr_t)first));
+}
+
+/* Take the slot's returned batches and free the blocks of at most `limit`
+ * of them; the rest go back. Bracketed by xtaking so that a barrier that
+ * finds xdone empty waits for these frees. */
+void pn_deferred_done_take(pn_deferred_slot_t *slot, unsigned limit) {
+  if (pn_atomic_load_relaxed(&slot->xdone) == 0)
+    return;
+  pn_atomic_fetch_add_acq_rel(&slot->xtaking, 1);
+  /* Acquire: matches the callback's release push; the grace period of
+   * every batch on the list ended before we free its blocks. */
+  uintptr_t list = pn_atomic_exchange_acquire(&slot->xdone, 0);
+  pn_deferred_batch_t *rest = NULL;
+  if (list != 0 && limit != UINT_MAX) {
+    pn_deferred_batch_t *last = (pn_deferred_batch_t *)list;
+    for (unsigned i = 1; i < limit && last->done_next != NULL; i++)
+      last = last->done_next;
+    rest = last->done_next;
+    last->done_next = NULL;
+  }
+  deferred_done_free(list);
+  if (rest != NULL) {
+    pn_deferred_batch_t *tail = rest;
+    while (tail->done_next != NULL)
+      tail = tail->done_next;
+    deferred_done_push(slot, rest, tail);
+  }
+  pn_atomic_fetch_sub_acq_rel(&slot->xtaking, 1);
+}
+
+/* Give the pool objects of a batch back to their pools: drop, then free. */
+static void deferred_batch_drop_pool_objects(pn_deferred_batch_t *batch) {
+  deferred_tls_in_callback = true;
+  for (uint32_t i = 0; i < batch->count; i++) {
+    if ((batch->items[i] & 1) == 0)
+      continue;
+    void *obj = (void *)(batch->items[i] & ~(uintptr_t)1);
+    batch->items[i] = 0;
+    deferred_unpoison(obj);
+    pn_segment_t *segment = pn_segment_of(obj);
+    pantry_pool_free(pn_segment_page_of(segment, obj)->pool, obj);
+  }
+  deferred_tls_in_callback = false;
+}
+
+/* The callback of a batch's call_rcu: a grace period has passed since every
+ * pointer in it was deferred. Runs on liburcu's call_rcu thread. Pool
+ * objects are dropped here; the other blocks go back to their thread. */
+static void deferred_batch_rcu(struct rcu_head *head) {
+  pn_deferred_batch_t *batch = caa_container_of(head, pn_deferred_batch_t, rcu_head);
+  pn_deferred_tsan_acquire(batch);
+  if (batch->pool_objects != 0)
+    deferred_batch_drop_pool_objects(batch);
+  pn_deferred_slot_t *slot = batch->slot;
+  /* racy: a slot released just now is seen in use; its blocks then wait for
+   * the worker's next tick instead of being freed here. */
+  if (batch->pool_objects == batch->count || pn_atomic_load_relaxed(&slot->xin_use) == 0) {
+    deferred_batch_free(batch);
+    return;
+  }
+  deferred_done_push(slot, batch, batch);
 }
 
 /* Hand a full or stolen batch to the worker. Wait-free. */
-static void deferred_handover(deferred_batch_t *batch) {
+static void deferred_handover(pn_deferred_batch_t *batch) {
+  pn_deferred_tsan_release(batch);
   cds_wfcq_node_init(&batch->queue_node);
-  cds_wfcq_enqueue(&deferred_queue_head, &deferred_queue_tail, &batch->queue_node);
+  cds_wfcq_enqueue(&pn_deferred_queue_head, &pn_deferred_queue_tail, &batch->queue_node);
 }
 
 /* Issue the batch's call_rcu. Worker only (registered with `flavor`). */
-static void deferred_batch_call_rcu(const deferred_flavor_t *flavor, deferred_batch_t *batch) {
+void pn_deferred_batch_call_rcu(const pn_deferred_flavor_t *flavor, pn_deferred_batch_t *batch) {
+  pn_deferred_tsan_release(batch);
   flavor->rcu->update_call_rcu(&batch->rcu_head, deferred_batch_rcu);
-}
-
-/* ------------------------------------------------------------------------ */
-/* The worker                                                               */
-/* ------------------------------------------------------------------------ */
-
-/* Wake the worker if it sleeps (any sleep, or only an unbounded one). The
- * caller has published its reason (a ticket, a command, a new batch); the
- * fence orders that store before our read of the sleep state, as the
- * worker's fence orders its state store before its read of our reason. */
-static void deferred_worker_kick(bool only_idle) {
-  pn_atomic_fence_seq_cst();
-  uint32_t state = pn_atomic_load_acquire32(&deferred_xwake);
-  if (state == WAKE_RUNNING || (only_idle && state != WAKE_IDLE)) return;
-  if (pn_atomic_cas_strong_acq_rel32(&deferred_xwake, &state, WAKE_RUNNING))
-    deferred_futex_wake(&deferred_xwake, 1);
-}
-
-/* Call call_rcu for every batch in the queue. */
-static void deferred_worker_drain(const deferred_flavor_t *flavor) {
-  struct __cds_wfcq_head head;
-  struct cds_wfcq_tail tail;
-  __cds_wfcq_init(&head, &tail);
-  if (__cds_wfcq_splice_blocking(&head, &tail, &deferred_queue_head, &deferred_queue_tail) ==
-      CDS_WFCQ_RET_SRC_EMPTY)
-    return;
-  struct cds_wfcq_node *node, *next;
-  flavor->rcu->thread_online();
-  __cds_wfcq_for_each_blocking_safe(&head, &tail, node, next) {
-    deferred_batch_call_rcu(flavor, caa_container_of(node, deferred_batch_t, queue_node));
-  }
-  flavor->rcu->thread_offline();
-}
-
-/* The time bound: steal every batch that has not changed since the last
- * tick (its thread defers slowly, or not at all any more). A batch freed and
- * reallocated at the same address in between is stolen a tick early: harmless. */
-static void deferred_worker_age(const deferred_flavor_t *flavor) {
-  bool online = false;
-  for (deferred_slot_t *slot = (deferred_slot_t *)pn_atomic_load_acquire(&deferred_xslots);
-       slot != NULL; slot = slot->next) {
-    uintptr_t seen = pn_atomic_load_relaxed(&slot->xbatch);
-    if (seen == 0 || seen != slot->worker_seen) {
-      slot->worker_seen = seen;
-      continue;
-    }
-    slot->worker_seen = 0;
-    /* Acquire: matches the owner's release store, so its appends are seen. */
-    uintptr_t batch = pn_atomic_exchange_acquire(&slot->xbatch, 0);
-    if (batch == 0) continue;
-    if (!online) flavor->rcu->thread_online();
-    online = true;
-    deferred_batch_call_rcu(flavor, (deferred_batch_t *)batch);
-  }
-  if (online) flavor->rcu->thread_offline();
-}
-
-/* Obey COMMAND_PAUSE (fork): leave the flavor's registry, say so, and wait
- * until the command is withdrawn. */
-static void deferred_worker_pause(const struct rcu_flavor_struct **registered) {
-  if (*registered != NULL) (*registered)->unregister_thread();
-  *registered = NULL;
-  pn_atomic_store_release32(&deferred_xack, COMMAND_PAUSE);
-  deferred_futex_wake(&deferred_xack, INT_MAX);
-  while (pn_atomic_load_acquire32(&deferred_xcommand) == COMMAND_PAUSE)
-    deferred_futex_wait(&deferred_xcommand, COMMAND_PAUSE, -1);
-  pn_atomic_store_release32(&deferred_xack, COMMAND_NONE);
-}
-
-/* Sleep until the next tick while batches are pending, or until kicked
- * when none is. Returns at once when there is work. */
-static void deferred_worker_sleep(int64_t next_tick) {
-  bool pending = pn_atomic_load_acquire(&deferred_xbatches) != 0;
-  uint32_t state = pending ? WAKE_NAPPING : WAKE_IDLE;
-  pn_atomic_store_release32(&deferred_xwake, state);
-  /* Partner of the fence in deferred_worker_kick. */
-  pn_atomic_fence_seq_cst();
-  bool work = pn_atomic_load_acquire32(&deferred_xcommand) != COMMAND_NONE ||
-              (uint32_t)pn_atomic_load_acquire(&deferred_xasked) !=
-                  pn_atomic_load_acquire32(&deferred_xdone) ||
-              (!pending && pn_atomic_load_acquire(&deferred_xbatches) != 0);
-  if (!work) {
-    int64_t ns = -1;
-    if (pending) {
-      ns = next_tick - deferred_now_ns();
-      if (ns < 0) ns = 0;
-    }
-    if (ns != 0) deferred_futex_wait(&deferred_xwake, state, ns);
-  }
-  pn_atomic_store_release32(&deferred_xwake, WAKE_RUNNING);
-}
-
-static void *deferred_worker_main(void *arg) {
-  (void)arg;
-  const struct rcu_flavor_struct *registered = NULL;
-  int64_t next_tick = deferred_now_ns() + DEFERRED_TICK_NS;
-  for (;;) {
-    uint32_t command = pn_atomic_load_acquire32(&deferred_xcommand);
-    if (command == COMMAND_STOP) break;
-    if (command == COMMAND_PAUSE) {
-      deferred_worker_pause(&registered);
-      continue;
-    }
-    const deferred_flavor_t *flavor = deferred_flavor();
-    if (flavor->rcu != registered) {
-      if (registered != NULL) registered->unregister_thread();
-      registered = flavor->rcu;
-      registered->register_thread();
-      registered->thread_offline(); /* QSBR: online only around call_rcu */
-    }
-    /* Acquire: matches the barrier's ticket; the batches it enqueued before
-     * taking the ticket are in the queue we drain next. */
-    uintptr_t asked = pn_atomic_load_acquire(&deferred_xasked);
-    deferred_worker_drain(flavor);
-    int64_t now = deferred_now_ns();
-    if (now >= next_tick) {
-      deferred_worker_age(flavor);
-      next_tick = now + DEFERRED_TICK_NS;
-    }
-    if ((uint32_t)asked != pn_atomic_load_acquire32(&deferred_xdone)) {
-      /* Release: every call_rcu above happens before the barrier's wake. */
-      pn_atomic_store_release32(&deferred_xdone, (uint32_t)asked);
-      deferred_futex_wake(&deferred_xdone, INT_MAX);
-    }
-    deferred_worker_sleep(next_tick);
-  }
-  if (registered != NULL) registered->unregister_thread();
-  pn_atomic_store_release32(&deferred_xack, COMMAND_STOP);
-  return NULL;
-}
-
-/* Start the worker if it is not running. A thread that finds another one
- * starting it does not wait: its batches just queue. */
-static void deferred_worker_ensure(void) {
-  if (PN_LIKELY(pn_atomic_load_acquire32(&deferred_xlife) != LIFE_NONE)) return;
-  uint32_t expected = LIFE_NONE;
-  if (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &expected, LIFE_STARTING)) return;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old); /* the worker takes no signals */
-  int err = pthread_create(&deferred_worker, NULL, deferred_worker_main, NULL);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (err != 0) {
-    pn_warning("pantry_free_deferred: cannot start the worker thread (%s); deferred frees wait "
-               "until a later call starts it",
-               strerror(err));
-    pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
-    return;
-  }
-  pn_atomic_store_release32(&deferred_xlife, LIFE_STARTED);
-}
-
-/* Stop and join the worker (library unload, process exit). */
-static void deferred_worker_stop(void) {
-  uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
-  while (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &life, LIFE_SHUTDOWN)) {
-  }
-  if (life != LIFE_STARTED) return;
-  pn_atomic_store_release32(&deferred_xcommand, COMMAND_STOP);
-  deferred_futex_wake(&deferred_xcommand, INT_MAX);
-  deferred_worker_kick(false);
-  pthread_join(deferred_worker, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Slots                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* Thread exit (pthread key destructor): hand the thread's batch over and
- * free its slot for the next thread. */
+/* Thread exit (pthread key destructor): hand the thread's batch over, free
+ * what came back, and free the slot for the next thread. */
 static void deferred_thread_exit(void *value) {
-  deferred_slot_t *slot = value;
+  pn_deferred_slot_t *slot = value;
   deferred_tls_slot = NULL;
   uintptr_t batch = pn_atomic_exchange_acquire(&slot->xbatch, 0);
-  if (batch != 0) deferred_handover((deferred_batch_t *)batch);
+  if (batch != 0)
+    deferred_handover((pn_deferred_batch_t *)batch);
+  pn_deferred_done_take(slot, UINT_MAX);
   pn_atomic_store_release(&slot->xin_use, 0);
 }
 
-static void deferred_fork_prepare(void);
-static void deferred_fork_parent(void);
-static void deferred_fork_child(void);
-
 static void deferred_init_once(void) {
-  __cds_wfcq_init(&deferred_queue_head, &deferred_queue_tail);
+  __cds_wfcq_init(&pn_deferred_queue_head, &pn_deferred_queue_tail);
   if (pthread_key_create(&deferred_key, deferred_thread_exit) != 0)
     pn_fatal("pantry_free_deferred: pthread_key_create failed: cannot track thread exits");
   pn_atomic_store_release32(&deferred_xkey_made, 1);
-  pthread_atfork(deferred_fork_prepare, deferred_fork_parent, deferred_fork_child);
+  pthread_atfork(pn_deferred_fork_prepare, pn_deferred_fork_parent, pn_deferred_fork_child);
 }
 
 /* A slot for the calling thread: a free one, or one of 64 new ones. */
-static PN_NOINLINE PN_COLD deferred_slot_t *deferred_slot_acquire(void) {
+static PN_NOINLINE PN_COLD pn_deferred_slot_t *deferred_slot_acquire(void) {
   pthread_once(&deferred_once, deferred_init_once);
-  deferred_worker_ensure();
-  deferred_slot_t *slot = (deferred_slot_t *)pn_atomic_load_acquire(&deferred_xslots);
+  pn_deferred_worker_ensure();
+  pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
   for (; slot != NULL; slot = slot->next) {
     uintptr_t expected = 0;
     if (pn_atomic_load_relaxed(&slot->xin_use) == 0 &&
@@ -462,17 +325,19 @@ static PN_NOINLINE PN_COLD deferred_slot_t *deferred_slot_acquire(void) {
       break;
   }
   if (slot == NULL) {
-    deferred_slot_t *chunk = pn_os_alloc_aligned(PN_OS_PAGE_SIZE, PN_OS_PAGE_SIZE);
-    if (chunk == NULL) return NULL;
-    size_t n = PN_OS_PAGE_SIZE / sizeof(deferred_slot_t);
+    pn_deferred_slot_t *chunk = pn_os_alloc_aligned(PN_OS_PAGE_SIZE, PN_OS_PAGE_SIZE);
+    if (chunk == NULL)
+      return NULL;
+    size_t n = PN_OS_PAGE_SIZE / sizeof(pn_deferred_slot_t);
     memset(chunk, 0, PN_OS_PAGE_SIZE);
-    for (size_t i = 0; i + 1 < n; i++) chunk[i].next = &chunk[i + 1];
+    for (size_t i = 0; i + 1 < n; i++)
+      chunk[i].next = &chunk[i + 1];
     pn_atomic_store_relaxed(&chunk[0].xin_use, 1);
-    uintptr_t head = pn_atomic_load_relaxed(&deferred_xslots);
+    uintptr_t head = pn_atomic_load_relaxed(&pn_deferred_xslots);
     do {
-      chunk[n - 1].next = (deferred_slot_t *)head;
+      chunk[n - 1].next = (pn_deferred_slot_t *)head;
       /* Release: the slots' fields are set before a walker can reach them. */
-    } while (!pn_atomic_cas_weak_release(&deferred_xslots, &head, (uintptr_t)chunk));
+    } while (!pn_atomic_cas_weak_release(&pn_deferred_xslots, &head, (uintptr_t)chunk));
     slot = &chunk[0];
   }
   deferred_tls_slot = slot;
@@ -480,13 +345,30 @@ static PN_NOINLINE PN_COLD deferred_slot_t *deferred_slot_acquire(void) {
   return slot;
 }
 
-/* Take every batch out of every slot and queue it (the barrier, the exit). */
+/* Take every open batch out of every slot and queue it (the barrier). */
 static void deferred_steal_all(void) {
-  for (deferred_slot_t *slot = (deferred_slot_t *)pn_atomic_load_acquire(&deferred_xslots);
+  for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
        slot != NULL; slot = slot->next) {
-    if (pn_atomic_load_relaxed(&slot->xbatch) == 0) continue;
+    if (pn_atomic_load_relaxed(&slot->xbatch) == 0)
+      continue;
     uintptr_t batch = pn_atomic_exchange_acquire(&slot->xbatch, 0);
-    if (batch != 0) deferred_handover((deferred_batch_t *)batch);
+    if (batch != 0)
+      deferred_handover((pn_deferred_batch_t *)batch);
+  }
+}
+
+/* Free what came back to every slot, and wait for the frees of takes that
+ * other threads started (the barrier). */
+static void deferred_free_all_done(void) {
+  for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
+       slot != NULL; slot = slot->next)
+    pn_deferred_done_take(slot, UINT_MAX);
+  for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
+       slot != NULL; slot = slot->next) {
+    /* Acquire: matches the taker's release decrement, after its frees. A
+     * take that starts now holds only batches returned after ours. */
+    while (pn_atomic_load_acquire(&slot->xtaking) != 0)
+      sched_yield();
   }
 }
 
@@ -494,63 +376,89 @@ static void deferred_steal_all(void) {
 /* Deferring                                                                */
 /* ------------------------------------------------------------------------ */
 
-static PN_NOINLINE PN_COLD deferred_batch_t *deferred_batch_new(void) {
-  deferred_batch_t *batch = pn_malloc_inline(DEFERRED_BATCH_BYTES);
-  if (batch == NULL) return NULL;
+/* A fresh batch for `slot`. First frees the blocks of a few batches that
+ * came back to the slot, so the new batch (and the thread's next
+ * allocations) reuse that memory. Not all: callbacks return batches in
+ * bursts (one per grace period), and freeing a burst at once would empty
+ * whole pages and segments only to refill them (purge, then page faults). */
+static PN_NOINLINE PN_COLD pn_deferred_batch_t *deferred_batch_new(pn_deferred_slot_t *slot) {
+  pn_deferred_done_take(slot, DEFERRED_FREE_PER_BATCH);
+  pn_deferred_batch_t *batch = pn_malloc_inline(DEFERRED_BATCH_BYTES);
+  if (batch == NULL)
+    return NULL;
+  batch->slot = slot;
   batch->count = 0;
-  deferred_worker_ensure(); /* after fork, the child's first batch starts one */
-  pn_atomic_fetch_add_acq_rel(&deferred_xbatches, 1);
-  deferred_worker_kick(true); /* the worker sleeps without a bound only when none is pending */
+  batch->pool_objects = 0;
+  pn_deferred_worker_ensure(); /* after fork, the child's first batch starts one */
+  pn_atomic_fetch_add_acq_rel(&pn_deferred_xbatches, 1);
+  pn_deferred_worker_kick(true); /* the worker sleeps without a bound only when none is pending */
   return batch;
 }
 
-/* Append `p` (checked, `usable` bytes) to the calling thread's batch. */
-static inline void deferred_push(void *p, size_t usable) {
-  deferred_slot_t *slot = deferred_tls_slot;
+/* Append `item` (a checked block `p` of `usable` bytes, | 1 for a pool
+ * object) to the calling thread's batch. */
+static inline void deferred_push(uintptr_t item, void *p, size_t usable, const char *fn) {
+  pn_deferred_slot_t *slot = deferred_tls_slot;
   if (PN_UNLIKELY(slot == NULL)) {
     slot = deferred_slot_acquire();
-    if (slot == NULL) goto leak;
+    if (slot == NULL)
+      goto leak;
   }
   /* Acquire: matches our own previous release store (or sees 0: stolen). */
-  deferred_batch_t *batch = (deferred_batch_t *)pn_atomic_exchange_acquire(&slot->xbatch, 0);
+  pn_deferred_batch_t *batch = (pn_deferred_batch_t *)pn_atomic_exchange_acquire(&slot->xbatch, 0);
   if (batch == NULL) {
-    batch = deferred_batch_new();
-    if (batch == NULL) goto leak;
+    batch = deferred_batch_new(slot);
+    if (batch == NULL)
+      goto leak;
   }
   deferred_poison(p, usable);
-  batch->items[batch->count++] = (uintptr_t)p;
+  batch->items[batch->count++] = item;
+  batch->pool_objects += (uint32_t)(item & 1);
   if (PN_UNLIKELY(batch->count == DEFERRED_BATCH_CAPACITY)) {
     deferred_handover(batch);
+    /* A napping worker would issue its call_rcu at the next tick: wake it,
+     * so blocks wait one grace period, not a tick more. */
+    pn_deferred_worker_kick(false);
     batch = NULL;
   }
   /* Release: the append above is visible to a stealer's acquire exchange. */
   pn_atomic_store_release(&slot->xbatch, (uintptr_t)batch);
   return;
 leak:
-  pn_warning("pantry_free_deferred(%p): out of memory for a batch; the block is never freed",
-             p);
+  pn_warning("%s(%p): out of memory for a batch; the block is never freed", fn, p);
 }
 
 void pantry_free_deferred(void *p) {
-  if (p == NULL) return;
+  if (p == NULL)
+    return;
   size_t usable = pn_usable_size_checked(p, "pantry_free_deferred");
-  deferred_push(p, usable);
+  pn_page_t *page = pn_segment_page_of(pn_segment_of(p), p);
+  if (PN_UNLIKELY(page->pool != NULL))
+    pn_pool_misfree(page->pool, p, "pantry_free_deferred");
+  deferred_push((uintptr_t)p, p, usable, "pantry_free_deferred");
+}
+
+void pantry_pool_free_deferred(pantry_pool_t *pool, void *obj) {
+  if (obj == NULL)
+    return;
+  pn_pool_check(pool, obj, "pantry_pool_free_deferred");
+  size_t usable = pn_segment_page_of(pn_segment_of(obj), obj)->block_size;
+  deferred_push((uintptr_t)obj | 1, obj, usable, "pantry_pool_free_deferred");
 }
 
 /* ------------------------------------------------------------------------ */
 /* The barrier                                                              */
 /* ------------------------------------------------------------------------ */
 
-/* Diagnose a barrier that would wait for itself. */
-static void deferred_check_waiter(const deferred_flavor_t *flavor, const char *fn) {
+/* Why the calling thread cannot wait for a grace period of `flavor` (it
+ * would wait for itself), or NULL when it can. */
+static const char *deferred_waiter_problem(const pn_deferred_flavor_t *flavor) {
   if (deferred_tls_in_callback)
-    pn_fatal("%s: called from a deferred free's callback (an RCU callback): it would wait for "
-             "itself",
-             fn);
+    return "called from a pool object's drop run by a deferred free (an RCU callback): it would "
+           "wait for itself";
   if (flavor->get_thread_call_rcu_data != NULL && flavor->get_thread_call_rcu_data() != NULL)
-    pn_fatal("%s: called from an RCU callback (a call_rcu worker thread of the readers' flavor): "
-             "it would wait for itself",
-             fn);
+    return "called from an RCU callback (a call_rcu worker thread of the readers' flavor): it "
+           "would wait for itself";
   /* QSBR: an online thread is fine (it goes offline while it waits, as
    * rcu_barrier does); any flavor: a read-side critical section is not. */
   if (flavor->rcu->read_ongoing()) {
@@ -558,41 +466,38 @@ static void deferred_check_waiter(const deferred_flavor_t *flavor, const char *f
     bool inside = flavor->rcu->read_ongoing();
     flavor->rcu->thread_online();
     if (inside)
-      pn_fatal("%s: called inside an RCU read-side critical section (between rcu_read_lock and "
-               "rcu_read_unlock): the grace period would wait for this thread forever",
-               fn);
+      return "called inside an RCU read-side critical section (between rcu_read_lock and "
+             "rcu_read_unlock): the grace period would wait for this thread forever";
   }
+  return NULL;
 }
 
-/* Every batch handed over before the call gets its call_rcu, and every
- * callback issued before it has run. */
-static void deferred_barrier_wait(const deferred_flavor_t *flavor) {
+/* Diagnose a barrier that would wait for itself. */
+static void deferred_check_waiter(const pn_deferred_flavor_t *flavor, const char *fn) {
+  const char *problem = deferred_waiter_problem(flavor);
+  if (problem != NULL)
+    pn_fatal("%s: %s", fn, problem);
+}
+
+/* Every batch made before the call gets its call_rcu, every callback issued
+ * before it runs, and every block they returned is freed. */
+static void deferred_barrier_wait(const pn_deferred_flavor_t *flavor) {
   deferred_steal_all();
-  deferred_worker_ensure();
-  /* Release: our enqueues happen before the worker's acquire of the ticket. */
-  uintptr_t ticket = pn_atomic_fetch_add_acq_rel(&deferred_xasked, 1) + 1;
-  deferred_worker_kick(false);
-  for (;;) {
-    uint32_t done = pn_atomic_load_acquire32(&deferred_xdone);
-    if ((int32_t)(done - (uint32_t)ticket) >= 0) break;
-    uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
-    if (life == LIFE_NONE || life == LIFE_SHUTDOWN) {
-      /* No worker (it could not start, or the library is shutting down):
-       * nobody can serve the ticket. */
-      pn_warning("pantry_deferred_barrier: no worker thread; deferred frees still pending");
-      return;
-    }
-    deferred_futex_wait(&deferred_xdone, done, DEFERRED_TICK_NS);
+  if (!pn_deferred_worker_serve()) {
+    pn_warning("pantry_deferred_barrier: no worker thread; deferred frees still pending");
+    return;
   }
   flavor->rcu->barrier();
+  deferred_free_all_done();
 }
 
 void pantry_deferred_barrier(void) {
-  const deferred_flavor_t *flavor = deferred_flavor();
+  const pn_deferred_flavor_t *flavor = pn_deferred_flavor();
   deferred_check_waiter(flavor, "pantry_deferred_barrier");
-  /* Acquire: matches the callbacks' release decrements. Zero: every
-   * deferred free that happened before this call has been done. */
-  if (pn_atomic_load_acquire(&deferred_xbatches) == 0) return;
+  /* Acquire: matches the release decrements after each batch's frees.
+   * Zero: every deferred free that happened before this call is done. */
+  if (pn_atomic_load_acquire(&pn_deferred_xbatches) == 0)
+    return;
   deferred_barrier_wait(flavor);
 }
 
@@ -604,22 +509,26 @@ void pantry_deferred_barrier(void) {
 static void *deferred_flavor_symbol(void *lib, const char *prefix, const char *suffix) {
   char name[96];
   int n = snprintf(name, sizeof name, "%s%s", prefix, suffix);
-  if (n < 0 || (size_t)n >= sizeof name) return NULL;
+  if (n < 0 || (size_t)n >= sizeof name)
+    return NULL;
   return dlsym(lib ? lib : RTLD_DEFAULT, name);
 }
 
 /* Fill in the fork and callback-thread functions of `flavor`, found by name.
  * Those it cannot find stay NULL (fork and the callback check then rely on
  * the program). */
-static void deferred_flavor_resolve(deferred_flavor_t *flavor) {
+static void deferred_flavor_resolve(pn_deferred_flavor_t *flavor) {
   Dl_info info;
-  if (dladdr(flavor->rcu, &info) == 0 || info.dli_sname == NULL) return;
+  if (dladdr(flavor->rcu, &info) == 0 || info.dli_sname == NULL)
+    return;
   size_t len = strlen(info.dli_sname);
   const char *suffix = "flavor";
-  if (len <= strlen(suffix) || strcmp(info.dli_sname + len - strlen(suffix), suffix) != 0) return;
+  if (len <= strlen(suffix) || strcmp(info.dli_sname + len - strlen(suffix), suffix) != 0)
+    return;
   char prefix[64];
   size_t plen = len - strlen(suffix);
-  if (plen >= sizeof prefix) return;
+  if (plen >= sizeof prefix)
+    return;
   memcpy(prefix, info.dli_sname, plen);
   prefix[plen] = '\0';
   void *lib = info.dli_fname ? dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD) : NULL;
@@ -630,7 +539,8 @@ static void deferred_flavor_resolve(deferred_flavor_t *flavor) {
       (void (*)(void))deferred_flavor_symbol(lib, prefix, "call_rcu_after_fork_child");
   flavor->get_thread_call_rcu_data = (struct call_rcu_data * (*)(void))
       deferred_flavor_symbol(lib, prefix, "get_thread_call_rcu_data");
-  if (lib != NULL) dlclose(lib); /* only drops the reference NOLOAD took */
+  if (lib != NULL)
+    dlclose(lib); /* only drops the reference NOLOAD took */
   if (flavor->before_fork == NULL || flavor->after_fork_parent == NULL ||
       flavor->after_fork_child == NULL) {
     flavor->before_fork = flavor->after_fork_parent = flavor->after_fork_child = NULL;
@@ -641,21 +551,21 @@ int pantry_deferred_set_flavor(const void *rcu_flavor) {
   const struct rcu_flavor_struct *rcu = rcu_flavor ? rcu_flavor : &urcu_memb_flavor;
   if (rcu->read_lock == NULL || rcu->read_unlock == NULL || rcu->read_ongoing == NULL ||
       rcu->update_call_rcu == NULL || rcu->barrier == NULL || rcu->register_thread == NULL ||
-      rcu->unregister_thread == NULL || rcu->thread_offline == NULL ||
-      rcu->thread_online == NULL)
+      rcu->unregister_thread == NULL || rcu->thread_offline == NULL || rcu->thread_online == NULL)
     return EINVAL;
   pthread_mutex_lock(&deferred_control_lock);
-  const deferred_flavor_t *old = deferred_flavor();
-  const deferred_flavor_t *flavor = NULL;
+  const pn_deferred_flavor_t *old = pn_deferred_flavor();
+  const pn_deferred_flavor_t *flavor = NULL;
   for (unsigned i = 0; i < deferred_flavor_count; i++)
-    if (deferred_flavors[i].rcu == rcu) flavor = &deferred_flavors[i];
+    if (deferred_flavors[i].rcu == rcu)
+      flavor = &deferred_flavors[i];
   if (flavor == NULL) {
     if (deferred_flavor_count == DEFERRED_FLAVORS_MAX) {
       pthread_mutex_unlock(&deferred_control_lock);
       return ENOMEM;
     }
-    deferred_flavor_t *fresh = &deferred_flavors[deferred_flavor_count];
-    *fresh = (deferred_flavor_t){.rcu = rcu};
+    pn_deferred_flavor_t *fresh = &deferred_flavors[deferred_flavor_count];
+    *fresh = (pn_deferred_flavor_t){.rcu = rcu};
     deferred_flavor_resolve(fresh);
     flavor = fresh;
     deferred_flavor_count++;
@@ -663,7 +573,7 @@ int pantry_deferred_set_flavor(const void *rcu_flavor) {
   if (flavor != old) {
     /* What was deferred under the old flavor waits for the old flavor's
      * grace period; only then do new call_rcus go to the new one. */
-    if (pn_atomic_load_acquire(&deferred_xbatches) != 0) {
+    if (pn_atomic_load_acquire(&pn_deferred_xbatches) != 0) {
       deferred_check_waiter(old, "pantry_deferred_set_flavor");
       deferred_barrier_wait(old);
     }
@@ -675,77 +585,6 @@ int pantry_deferred_set_flavor(const void *rcu_flavor) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* fork                                                                     */
-/* ------------------------------------------------------------------------ */
-
-/* Before fork: park the worker outside liburcu (and out of the flavor's
- * registry), then quiesce the flavor's call_rcu threads. Neither waits on an
- * allocation: pantry's frees take no lock, so a callback that frees during
- * the handshake cannot deadlock with it. */
-static void deferred_fork_prepare(void) {
-  deferred_fork_flavor = NULL;
-  deferred_fork_paused = false;
-  if (pn_atomic_load_acquire32(&deferred_xlife) != LIFE_STARTED) return;
-  const deferred_flavor_t *flavor = deferred_flavor();
-  /* A QSBR thread that forks while online would stall the grace period
-   * that liburcu's before_fork waits for. */
-  deferred_fork_online = NULL;
-  if (flavor->rcu->read_ongoing()) {
-    flavor->rcu->thread_offline();
-    deferred_fork_online = flavor->rcu;
-  }
-  pn_atomic_store_release32(&deferred_xcommand, COMMAND_PAUSE);
-  deferred_futex_wake(&deferred_xcommand, INT_MAX);
-  deferred_worker_kick(false);
-  while (pn_atomic_load_acquire32(&deferred_xack) != COMMAND_PAUSE)
-    deferred_futex_wait(&deferred_xack, COMMAND_NONE, -1);
-  deferred_fork_paused = true;
-  if (flavor->before_fork != NULL) {
-    flavor->before_fork();
-    deferred_fork_flavor = flavor;
-  }
-}
-
-static void deferred_fork_parent(void) {
-  if (deferred_fork_flavor != NULL) deferred_fork_flavor->after_fork_parent();
-  if (!deferred_fork_paused) return;
-  pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
-  deferred_futex_wake(&deferred_xcommand, INT_MAX);
-  if (deferred_fork_online != NULL) deferred_fork_online->thread_online();
-}
-
-/* In the child only this thread lives: the worker is gone (a new one starts
- * on demand), other threads' slots are free for reuse (their batches stay
- * and are handed over by the next tick or barrier), and batches queued but
- * not yet given to call_rcu stay queued for the new worker. */
-static void deferred_fork_child(void) {
-  if (deferred_fork_flavor != NULL) deferred_fork_flavor->after_fork_child();
-  if (!deferred_fork_paused) return;
-  pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
-  pn_atomic_store_release32(&deferred_xack, COMMAND_NONE);
-  pn_atomic_store_release32(&deferred_xwake, WAKE_RUNNING);
-  pn_atomic_store_release32(&deferred_xdone, (uint32_t)pn_atomic_load_acquire(&deferred_xasked));
-  /* The queue: a thread of the parent may have been between the two steps
-   * of an enqueue; then the batches behind it cannot be reached. */
-  struct __cds_wfcq_head head;
-  struct cds_wfcq_tail tail;
-  __cds_wfcq_init(&head, &tail);
-  if (__cds_wfcq_splice_nonblocking(&head, &tail, &deferred_queue_head, &deferred_queue_tail) ==
-      CDS_WFCQ_RET_WOULDBLOCK) {
-    pn_warning("fork: another thread was handing a batch of deferred frees over; the child "
-               "leaks it");
-    __cds_wfcq_init(&deferred_queue_head, &deferred_queue_tail);
-  } else {
-    __cds_wfcq_splice_blocking(&deferred_queue_head, &deferred_queue_tail, &head, &tail);
-  }
-  for (deferred_slot_t *slot = (deferred_slot_t *)pn_atomic_load_acquire(&deferred_xslots);
-       slot != NULL; slot = slot->next)
-    if (slot != deferred_tls_slot) pn_atomic_store_relaxed(&slot->xin_use, 0);
-  pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
-  if (deferred_fork_online != NULL) deferred_fork_online->thread_online();
-}
-
-/* ------------------------------------------------------------------------ */
 /* Unload and exit                                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -754,16 +593,17 @@ static void deferred_fork_child(void) {
  * worker, and wait for the depot's urcu-bp callbacks too. liburcu 0.13 does
  * not tear its call_rcu threads down, so this is the last chance. */
 __attribute__((destructor)) static void deferred_unload(void) {
-  if (pn_atomic_load_acquire(&deferred_xbatches) != 0) {
-    const deferred_flavor_t *flavor = deferred_flavor();
-    if (deferred_tls_in_callback || flavor->rcu->read_ongoing())
-      pn_warning("exit inside an RCU read-side critical section or callback: pending deferred "
-                 "frees are not waited for");
+  if (pn_atomic_load_acquire(&pn_deferred_xbatches) != 0) {
+    const pn_deferred_flavor_t *flavor = pn_deferred_flavor();
+    const char *problem = deferred_waiter_problem(flavor);
+    if (problem != NULL)
+      pn_warning("exit or unload %s; pending deferred frees are not waited for", problem);
     else
       deferred_barrier_wait(flavor);
   }
-  deferred_worker_stop();
+  pn_deferred_worker_stop();
   /* No destructor of ours may run after the unload. */
-  if (pn_atomic_load_acquire32(&deferred_xkey_made)) pthread_key_delete(deferred_key);
+  if (pn_atomic_load_acquire32(&deferred_xkey_made))
+    pthread_key_delete(deferred_key);
   urcu_bp_barrier();
 }

@@ -115,8 +115,8 @@ static void depot_release_rcu(struct rcu_head *head) {
   pn_segment_t *segment = depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head));
   if (pn_atomic_fetch_add_relaxed(&depot_xcached_count, 1) < DEPOT_CACHE_MAX) {
     /* Keep the mapping, give the memory back; the header page stays. */
-    pn_os_purge((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE,
-                PN_SEGMENT_SIZE - PN_SEGMENT_HEADER_SIZE);
+    pn_os_purge((uint8_t *)segment + PN_SEGMENT_FIRST_OFFSET,
+                PN_SEGMENT_SIZE - PN_SEGMENT_FIRST_OFFSET - PN_SEGMENT_GUARD_SIZE);
     pn_stat_add(PN_STAT_SEGMENTS_CACHED, 1);
     depot_push(&depot_cached, segment);
     return;
@@ -126,6 +126,7 @@ static void depot_release_rcu(struct rcu_head *head) {
   segment->cookie = 0;
   pn_stat_add(PN_STAT_SEGMENTS_UNMAPPED, 1);
   pn_stat_sub(PN_STAT_BYTES_MAPPED, segment->mapping_size);
+  pn_track_unpoison(segment, segment->mapping_size);
   pn_os_free(segment, segment->mapping_size);
 }
 

@@ -508,6 +508,7 @@ void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block
                "size %zu)",
                fn, (void *)block, page->block_size);
   }
+  pn_block_release(page, block, fn);
   pn_block_set_next(page, block, page->local_free);
   page->local_free = block;
   page->used--;

@@ -19,6 +19,7 @@
 #include <stdio.h>
 
 #include "atomic.h"
+#include "track.h"
 
 /* liburcu is linked, never inlined (no _LGPL_SOURCE): its LGPL code stays in its library. */
 #include <urcu/lfstack.h>
@@ -43,6 +44,13 @@ static const bool pn_secure = PANTRY_SECURE_BUILD;
 #define PN_NOINLINE __attribute__((noinline))
 #define PN_COLD __attribute__((cold))
 #define PN_HIDDEN __attribute__((visibility("hidden")))
+
+/* ------------------------------------------------------------------------ */
+/* error.c: diagnostics                                                     */
+/* ------------------------------------------------------------------------ */
+
+_Noreturn void pn_fatal(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
+void pn_warning(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
 
 /* ------------------------------------------------------------------------ */
 /* Sizes                                                                    */
@@ -203,6 +211,10 @@ struct pn_segment {
 };
 
 #define PN_SEGMENT_HEADER_SIZE ((sizeof(pn_segment_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1))
+/* Secure builds put a PROT_NONE guard page after the header (around the
+ * metadata) and one at the end of every segment (between segments). */
+#define PN_SEGMENT_GUARD_SIZE (pn_secure ? PN_OS_PAGE_SIZE : 0)
+#define PN_SEGMENT_FIRST_OFFSET (PN_SEGMENT_HEADER_SIZE + PN_SEGMENT_GUARD_SIZE)
 
 /* A queue of pages: a doubly linked list. */
 typedef struct pn_page_queue {
@@ -236,6 +248,7 @@ struct pn_heap {
 void *pn_os_alloc_aligned(size_t size, size_t align) PN_HIDDEN;
 void pn_os_free(void *p, size_t size) PN_HIDDEN;
 void pn_os_purge(void *p, size_t size) PN_HIDDEN;
+void pn_os_protect(void *p, size_t size) PN_HIDDEN;
 
 /* The segment map: one bit per PN_SEGMENT_SIZE of the 48-bit address space,
  * set while a segment is mapped there (8 MiB of .bss, touched lazily). */
@@ -305,12 +318,17 @@ void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *blo
  * stray write into a free block is unlikely to yield a pointer that escapes
  * the page. */
 static inline pn_block_t *pn_block_next(const pn_page_t *page, const pn_block_t *block) {
-  return (pn_block_t *)((uintptr_t)block->next ^ page->key);
+  pn_track_link_open((void *)block);
+  pn_block_t *next = (pn_block_t *)((uintptr_t)block->next ^ page->key);
+  pn_track_link_close((void *)block);
+  return next;
 }
 
 static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
                                      const pn_block_t *next) {
+  pn_track_link_open(block);
   block->next = (pn_block_t *)((uintptr_t)next ^ page->key);
+  pn_track_link_close(block);
 }
 
 /* Pop the first block of page->free (not empty) and hand it out. Its link
@@ -320,15 +338,27 @@ static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
 static inline pn_block_t *pn_page_pop(pn_page_t *page) {
   pn_block_t *block = page->free;
   page->free = pn_block_next(page, block);
-  block->next = NULL;
+  pn_track_alloc(block, page->block_size, pn_secure);
   page->used++;
   return block;
+}
+
+/* A block goes back to its page's lists: fill and poison it (track.h).
+ * Secure builds catch here a double free from any thread: a free block's
+ * word 1 holds the fill, an allocated block's was cleared by pn_page_pop. */
+static inline void pn_block_release(const pn_page_t *page, pn_block_t *block, const char *fn) {
+  if (pn_secure && PN_UNLIKELY(pn_track_is_filled(block)))
+    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; block size %zu)",
+             fn, (void *)block, page->block_size);
+  pn_track_free(block, page->block_size, pn_secure);
 }
 
 /* Whether `block`'s first word looks like a free block's link: decoded, NULL
  * or an address inside the page. */
 static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *block) {
-  uintptr_t next = (uintptr_t)pn_block_next(page, block);
+  /* A raw read: the block is allocated (or this is a double free, which a
+   * memory checker is right to report here). */
+  uintptr_t next = (uintptr_t)block->next ^ page->key;
   return next == 0 || next - (uintptr_t)page->page_start < page->area;
 }
 
@@ -415,12 +445,5 @@ void pn_stats_print_counters(FILE *out) PN_HIDDEN;
 _Noreturn void pn_pool_misfree(const void *pool, const void *p, const char *fn) PN_HIDDEN PN_COLD;
 /* The checks of pantry_pool_free (for pantry_pool_free_deferred): diagnosed, aborts. */
 void pn_pool_check(void *pool, void *obj, const char *fn) PN_HIDDEN;
-
-/* ------------------------------------------------------------------------ */
-/* error.c: diagnostics                                                     */
-/* ------------------------------------------------------------------------ */
-
-_Noreturn void pn_fatal(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
-void pn_warning(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
 
 #endif /* PN_INTERNAL_H */

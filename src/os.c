@@ -53,6 +53,12 @@ void pn_os_free(void *p, size_t size) {
   if (munmap(p, size) != 0) pn_warning("munmap(%p, %zu) failed: errno %d", p, size, errno);
 }
 
+/* Make a range inaccessible: a guard page (secure builds). */
+void pn_os_protect(void *p, size_t size) {
+  if (size != 0 && mprotect(p, size, PROT_NONE) != 0)
+    pn_warning("mprotect(%p, %zu) failed: errno %d", p, size, errno);
+}
+
 /* Give the pages back to the kernel; the range stays mapped and reads as
  * zeros when touched again. */
 void pn_os_purge(void *p, size_t size) {

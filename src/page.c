@@ -19,9 +19,11 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
   uint8_t *start = (uint8_t *)segment + ((size_t)page->index << segment->page_shift);
   size_t page_size = (size_t)1 << segment->page_shift;
   if (page->index == 0) {
-    start += PN_SEGMENT_HEADER_SIZE;
-    page_size -= PN_SEGMENT_HEADER_SIZE;
+    start += PN_SEGMENT_FIRST_OFFSET;
+    page_size -= PN_SEGMENT_FIRST_OFFSET;
   }
+  if (page->index == segment->page_count - 1) page_size -= PN_SEGMENT_GUARD_SIZE;
+  pn_track_unpoison(start, page_size); /* a page of another size class may have poisoned it */
   page->page_start = start;
   page->block_size = block_size;
   page->bin = (uint8_t)bin;
@@ -133,6 +135,7 @@ bool pn_page_try_mark_full(pn_page_t *page) {
  * segment->xfull_freed (release, matching the owner's acquire exchange in
  * heap.c's heap_reclaim_full). */
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block) {
+  pn_block_release(page, block, "free");
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
   do {

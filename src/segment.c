@@ -52,6 +52,11 @@ pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) {
     segment = pn_os_alloc_aligned(PN_SEGMENT_SIZE, PN_SEGMENT_SIZE);
     if (segment == NULL) return NULL;
     segment->mapping_size = PN_SEGMENT_SIZE;
+    if (pn_secure) { /* the guards stay for the segment's life, cached or not */
+      pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
+      pn_os_protect((uint8_t *)segment + PN_SEGMENT_SIZE - PN_SEGMENT_GUARD_SIZE,
+                    PN_SEGMENT_GUARD_SIZE);
+    }
     pn_segment_map_set(segment, true);
     pn_stat_add(PN_STAT_SEGMENTS_MAPPED, 1);
     pn_stat_add(PN_STAT_BYTES_MAPPED, PN_SEGMENT_SIZE);
@@ -65,7 +70,7 @@ pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) {
  * PN_SEGMENT_SIZE and finds its header by masking). *block receives it. */
 pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   if (align < 16) align = 16;
-  size_t header = PN_SEGMENT_HEADER_SIZE;
+  size_t header = PN_SEGMENT_FIRST_OFFSET;
   size_t offset = (header + align - 1) & ~(align - 1);
   if (size > SIZE_MAX / 2 - offset - PN_SEGMENT_SIZE) {
     errno = ENOMEM;
@@ -86,6 +91,7 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   page->area = 1; /* only the block's first byte is a valid free pointer */
   page->block_odd_inv = 1;
   page->block_odd_limit = UINT32_MAX;
+  if (pn_secure) pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
   pn_segment_map_set(segment, true);
   pn_stat_add(PN_STAT_HUGE_MAPPED, 1);
   pn_stat_add(PN_STAT_BYTES_MAPPED, mapping);
@@ -155,7 +161,8 @@ void pn_segment_purge_expired(pn_segment_t *segment, uint64_t now, bool all) {
     due &= ~((((uint64_t)2 << last) - 1) ^ (((uint64_t)1 << first) - 1));
     uint8_t *start = (uint8_t *)segment + (size_t)first * page_size;
     uint8_t *end = (uint8_t *)segment + (size_t)(last + 1) * page_size;
-    if (first == 0) start += PN_SEGMENT_HEADER_SIZE;
+    if (first == 0) start += PN_SEGMENT_FIRST_OFFSET;
+    if (last + 1 == segment->page_count) end -= PN_SEGMENT_GUARD_SIZE;
     pn_os_purge(start, (size_t)(end - start));
     pn_stat_add(PN_STAT_PAGES_PURGED, last - first + 1);
   }

@@ -1,0 +1,371 @@
+/* deferred_worker.c - pantry's worker thread for deferred frees: it issues
+ * the call_rcu of every batch handed over, hands over the batches that sat
+ * unchanged for a tick (the time bound), frees returned blocks that their
+ * thread left for a tick, serves the barrier's tickets, and is parked
+ * around fork. See deferred.c for the whole design.
+ *
+ * Layer: the top, beside deferred.c (whose slots, queue and flavor it
+ * reads); calls liburcu: the flavor's register/unregister, online/offline
+ * and call_rcu, and the wait-free queue's splice.
+ *
+ * The worker is the only thread pantry registers with the readers' flavor.
+ * It is offline (QSBR) except around its call_rcus, so it never holds a
+ * grace period back.
+ *
+ * Shared state and who writes it:
+ *   deferred_xlife      LIFE_*: the thread that starts or stops the worker
+ *                       (CAS), the fork child handler.
+ *   deferred_xwake      futex word, WAKE_*: the worker says how it sleeps;
+ *                       a kicker CASes it back to RUNNING and wakes it.
+ *   deferred_xcommand   futex word, COMMAND_*: fork and exit ask the worker
+ *                       to park or stop; deferred_xack is its answer.
+ *   deferred_xasked /   barrier tickets: a waiter takes a ticket (fetch_add);
+ *   deferred_xdone      the worker publishes the last ticket it served
+ *                       (futex word), after the call_rcus it owed.
+ * Sleep protocol (Dekker): the worker stores its sleep state, fences, then
+ * looks for work; a kicker publishes its work, fences, then reads the
+ * state. One of the two sees the other, so no wake-up is lost.
+ */
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "deferred.h"
+
+/* The worker's tick. A partial batch seen unchanged at two ticks is handed
+ * over: no pointer waits more than about two ticks before its call_rcu. */
+#define DEFERRED_TICK_NS ((int64_t)10 * 1000 * 1000)
+
+/* Worker life (deferred_xlife) and sleep states (deferred_xwake). */
+enum { LIFE_NONE, LIFE_STARTING, LIFE_STARTED, LIFE_SHUTDOWN };
+enum { WAKE_RUNNING, WAKE_NAPPING, WAKE_IDLE };
+/* Commands to the worker (deferred_xcommand), acknowledged in deferred_xack. */
+enum { COMMAND_NONE, COMMAND_PAUSE, COMMAND_STOP };
+
+static pn_atomic_uint32_t deferred_xlife;    /* atomic acq/rel: LIFE_* */
+static pn_atomic_uint32_t deferred_xwake;    /* atomic, futex: WAKE_* */
+static pn_atomic_uint32_t deferred_xcommand; /* atomic, futex: COMMAND_* */
+static pn_atomic_uint32_t deferred_xack;     /* atomic, futex: the command the worker obeys */
+static pn_atomic_uintptr_t deferred_xasked;  /* atomic acq/rel: barrier tickets taken */
+static pn_atomic_uint32_t deferred_xdone; /* atomic, futex: low 32 bits of the last ticket served */
+static pthread_t deferred_worker;         /* written by the thread that starts it */
+
+/* fork: what the prepare handler did, for the parent and child handlers.
+ * Written and read by the forking thread only. */
+static const pn_deferred_flavor_t *deferred_fork_flavor;
+static const struct rcu_flavor_struct *deferred_fork_online; /* the flavor it went offline in */
+static bool deferred_fork_paused;
+
+/* ------------------------------------------------------------------------ */
+/* Futexes and the clock                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Sleep while *word == value, at most `ns` nanoseconds (< 0: no bound). */
+static void deferred_futex_wait(pn_atomic_uint32_t *word, uint32_t value, int64_t ns) {
+  struct timespec ts = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, value, ns < 0 ? NULL : &ts, NULL, 0);
+}
+
+static void deferred_futex_wake(pn_atomic_uint32_t *word, int count) {
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+}
+
+static int64_t deferred_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The worker                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* Wake the worker if it sleeps (any sleep, or only an unbounded one). The
+ * caller has published its reason (a ticket, a command, a new batch); the
+ * fence orders that store before our read of the sleep state, as the
+ * worker's fence orders its state store before its read of our reason. */
+void pn_deferred_worker_kick(bool only_idle) {
+  pn_atomic_fence_seq_cst();
+  uint32_t state = pn_atomic_load_acquire32(&deferred_xwake);
+  if (state == WAKE_RUNNING || (only_idle && state != WAKE_IDLE))
+    return;
+  if (pn_atomic_cas_strong_acq_rel32(&deferred_xwake, &state, WAKE_RUNNING))
+    deferred_futex_wake(&deferred_xwake, 1);
+}
+
+/* Call call_rcu for every batch in the queue. */
+static void deferred_worker_drain(const pn_deferred_flavor_t *flavor) {
+  struct __cds_wfcq_head head;
+  struct cds_wfcq_tail tail;
+  __cds_wfcq_init(&head, &tail);
+  if (__cds_wfcq_splice_blocking(&head, &tail, &pn_deferred_queue_head, &pn_deferred_queue_tail) ==
+      CDS_WFCQ_RET_SRC_EMPTY)
+    return;
+  struct cds_wfcq_node *node, *next;
+  flavor->rcu->thread_online();
+  __cds_wfcq_for_each_blocking_safe(&head, &tail, node, next) {
+    pn_deferred_batch_t *batch = caa_container_of(node, pn_deferred_batch_t, queue_node);
+    pn_deferred_tsan_acquire(batch);
+    pn_deferred_batch_call_rcu(flavor, batch);
+  }
+  flavor->rcu->thread_offline();
+}
+
+/* The time bound: steal every open batch that has not changed since the
+ * last tick (its thread defers slowly, or not at all any more), and free the
+ * returned blocks of every thread that has not taken them for a tick. A
+ * batch freed and reallocated at the same address in between is handed
+ * over a tick early: harmless. */
+static void deferred_worker_age(const pn_deferred_flavor_t *flavor) {
+  bool online = false;
+  for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
+       slot != NULL; slot = slot->next) {
+    uintptr_t done = pn_atomic_load_relaxed(&slot->xdone);
+    if (done != 0 && done == slot->worker_seen_done) {
+      pn_deferred_done_take(slot, UINT_MAX);
+      done = 0;
+    }
+    slot->worker_seen_done = done;
+    uintptr_t seen = pn_atomic_load_relaxed(&slot->xbatch);
+    if (seen == 0 || seen != slot->worker_seen) {
+      slot->worker_seen = seen;
+      continue;
+    }
+    slot->worker_seen = 0;
+    /* Acquire: matches the owner's release store, so its appends are seen. */
+    uintptr_t batch = pn_atomic_exchange_acquire(&slot->xbatch, 0);
+    if (batch == 0)
+      continue;
+    if (!online)
+      flavor->rcu->thread_online();
+    online = true;
+    pn_deferred_batch_call_rcu(flavor, (pn_deferred_batch_t *)batch);
+  }
+  if (online)
+    flavor->rcu->thread_offline();
+}
+
+/* Obey COMMAND_PAUSE (fork): leave the flavor's registry, say so, and wait
+ * until the command is withdrawn. */
+static void deferred_worker_pause(const struct rcu_flavor_struct **registered) {
+  if (*registered != NULL)
+    (*registered)->unregister_thread();
+  *registered = NULL;
+  pn_atomic_store_release32(&deferred_xack, COMMAND_PAUSE);
+  deferred_futex_wake(&deferred_xack, INT_MAX);
+  while (pn_atomic_load_acquire32(&deferred_xcommand) == COMMAND_PAUSE)
+    deferred_futex_wait(&deferred_xcommand, COMMAND_PAUSE, -1);
+  pn_atomic_store_release32(&deferred_xack, COMMAND_NONE);
+}
+
+/* Sleep until the next tick while batches are pending, or until kicked
+ * when none is. Returns at once when there is work. */
+static void deferred_worker_sleep(int64_t next_tick) {
+  bool pending = pn_atomic_load_acquire(&pn_deferred_xbatches) != 0;
+  uint32_t state = pending ? WAKE_NAPPING : WAKE_IDLE;
+  pn_atomic_store_release32(&deferred_xwake, state);
+  /* Partner of the fence in pn_deferred_worker_kick. */
+  pn_atomic_fence_seq_cst();
+  bool work = pn_atomic_load_acquire32(&deferred_xcommand) != COMMAND_NONE ||
+              (uint32_t)pn_atomic_load_acquire(&deferred_xasked) !=
+                  pn_atomic_load_acquire32(&deferred_xdone) ||
+              (!pending && pn_atomic_load_acquire(&pn_deferred_xbatches) != 0) ||
+              !cds_wfcq_empty(&pn_deferred_queue_head, &pn_deferred_queue_tail);
+  if (!work) {
+    int64_t ns = -1;
+    if (pending) {
+      ns = next_tick - deferred_now_ns();
+      if (ns < 0)
+        ns = 0;
+    }
+    if (ns != 0)
+      deferred_futex_wait(&deferred_xwake, state, ns);
+  }
+  pn_atomic_store_release32(&deferred_xwake, WAKE_RUNNING);
+}
+
+static void *deferred_worker_main(void *arg) {
+  (void)arg;
+  const struct rcu_flavor_struct *registered = NULL;
+  int64_t next_tick = deferred_now_ns() + DEFERRED_TICK_NS;
+  for (;;) {
+    uint32_t command = pn_atomic_load_acquire32(&deferred_xcommand);
+    if (command == COMMAND_STOP)
+      break;
+    if (command == COMMAND_PAUSE) {
+      deferred_worker_pause(&registered);
+      continue;
+    }
+    const pn_deferred_flavor_t *flavor = pn_deferred_flavor();
+    if (flavor->rcu != registered) {
+      if (registered != NULL)
+        registered->unregister_thread();
+      registered = flavor->rcu;
+      registered->register_thread();
+      registered->thread_offline(); /* QSBR: online only around call_rcu */
+    }
+    /* Acquire: matches the barrier's ticket; the batches it enqueued before
+     * taking the ticket are in the queue we drain next. */
+    uintptr_t asked = pn_atomic_load_acquire(&deferred_xasked);
+    deferred_worker_drain(flavor);
+    int64_t now = deferred_now_ns();
+    if (now >= next_tick) {
+      deferred_worker_age(flavor);
+      next_tick = now + DEFERRED_TICK_NS;
+    }
+    if ((uint32_t)asked != pn_atomic_load_acquire32(&deferred_xdone)) {
+      /* Release: every call_rcu above happens before the barrier's wake. */
+      pn_atomic_store_release32(&deferred_xdone, (uint32_t)asked);
+      deferred_futex_wake(&deferred_xdone, INT_MAX);
+    }
+    deferred_worker_sleep(next_tick);
+  }
+  if (registered != NULL)
+    registered->unregister_thread();
+  pn_atomic_store_release32(&deferred_xack, COMMAND_STOP);
+  return NULL;
+}
+
+/* Start the worker if it is not running. A thread that finds another one
+ * starting it does not wait: its batches just queue. */
+void pn_deferred_worker_ensure(void) {
+  if (PN_LIKELY(pn_atomic_load_acquire32(&deferred_xlife) != LIFE_NONE))
+    return;
+  uint32_t expected = LIFE_NONE;
+  if (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &expected, LIFE_STARTING))
+    return;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the worker takes no signals */
+  int err = pthread_create(&deferred_worker, NULL, deferred_worker_main, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (err != 0) {
+    pn_warning("pantry_free_deferred: cannot start the worker thread (%s); deferred frees wait "
+               "until a later call starts it",
+               strerror(err));
+    pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
+    return;
+  }
+  pn_atomic_store_release32(&deferred_xlife, LIFE_STARTED);
+}
+
+/* Stop and join the worker (library unload, process exit). */
+void pn_deferred_worker_stop(void) {
+  uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
+  while (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &life, LIFE_SHUTDOWN)) {
+  }
+  if (life != LIFE_STARTED)
+    return;
+  pn_atomic_store_release32(&deferred_xcommand, COMMAND_STOP);
+  deferred_futex_wake(&deferred_xcommand, INT_MAX);
+  pn_deferred_worker_kick(false);
+  pthread_join(deferred_worker, NULL);
+}
+
+/* Take a ticket and wait until the worker serves it: every batch queued
+ * before the call then has its call_rcu. */
+bool pn_deferred_worker_serve(void) {
+  pn_deferred_worker_ensure();
+  /* Release: the caller's enqueues happen before the worker's acquire of
+   * the ticket, so the drain that serves it sees them. */
+  uintptr_t ticket = pn_atomic_fetch_add_acq_rel(&deferred_xasked, 1) + 1;
+  pn_deferred_worker_kick(false);
+  for (;;) {
+    /* Acquire: matches the worker's release store after its call_rcus. */
+    uint32_t done = pn_atomic_load_acquire32(&deferred_xdone);
+    if ((int32_t)(done - (uint32_t)ticket) >= 0)
+      return true;
+    uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
+    if (life == LIFE_NONE || life == LIFE_SHUTDOWN)
+      return false; /* no worker: it could not start, or the library is going */
+    deferred_futex_wait(&deferred_xdone, done, DEFERRED_TICK_NS);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* fork                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Before fork: park the worker outside liburcu (and out of the flavor's
+ * registry), then quiesce the flavor's call_rcu threads. Neither waits on an
+ * allocation: pantry's frees take no lock, so a callback that frees during
+ * the handshake cannot deadlock with it. */
+void pn_deferred_fork_prepare(void) {
+  deferred_fork_flavor = NULL;
+  deferred_fork_online = NULL;
+  deferred_fork_paused = false;
+  if (pn_atomic_load_acquire32(&deferred_xlife) != LIFE_STARTED)
+    return;
+  const pn_deferred_flavor_t *flavor = pn_deferred_flavor();
+  /* A QSBR thread that forks while online would stall the grace period
+   * that liburcu's before_fork waits for. */
+  if (flavor->rcu->read_ongoing()) {
+    flavor->rcu->thread_offline();
+    deferred_fork_online = flavor->rcu;
+  }
+  pn_atomic_store_release32(&deferred_xcommand, COMMAND_PAUSE);
+  deferred_futex_wake(&deferred_xcommand, INT_MAX);
+  pn_deferred_worker_kick(false);
+  while (pn_atomic_load_acquire32(&deferred_xack) != COMMAND_PAUSE)
+    deferred_futex_wait(&deferred_xack, COMMAND_NONE, -1);
+  deferred_fork_paused = true;
+  if (flavor->before_fork != NULL) {
+    flavor->before_fork();
+    deferred_fork_flavor = flavor;
+  }
+}
+
+void pn_deferred_fork_parent(void) {
+  if (deferred_fork_flavor != NULL)
+    deferred_fork_flavor->after_fork_parent();
+  if (!deferred_fork_paused)
+    return;
+  pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
+  deferred_futex_wake(&deferred_xcommand, INT_MAX);
+  if (deferred_fork_online != NULL)
+    deferred_fork_online->thread_online();
+}
+
+/* In the child only this thread lives: no worker (a new one starts on
+ * demand), other threads' slots are free for reuse (their batches stay and
+ * are handed over by the next tick or barrier), and batches queued but not
+ * yet given to call_rcu stay queued for the new worker. */
+void pn_deferred_fork_child(void) {
+  if (deferred_fork_flavor != NULL)
+    deferred_fork_flavor->after_fork_child();
+  if (pn_atomic_load_acquire32(&deferred_xlife) != LIFE_SHUTDOWN)
+    pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
+  pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
+  pn_atomic_store_release32(&deferred_xack, COMMAND_NONE);
+  pn_atomic_store_release32(&deferred_xwake, WAKE_RUNNING);
+  pn_atomic_store_release32(&deferred_xdone, (uint32_t)pn_atomic_load_acquire(&deferred_xasked));
+  if (pn_atomic_load_acquire(&pn_deferred_xslots) == 0)
+    return; /* nothing was ever deferred: the queue is not even initialised */
+  /* The queue: a thread of the parent may have been between the two steps
+   * of an enqueue; then the batches behind it cannot be reached. */
+  struct __cds_wfcq_head head;
+  struct cds_wfcq_tail tail;
+  __cds_wfcq_init(&head, &tail);
+  if (__cds_wfcq_splice_nonblocking(&head, &tail, &pn_deferred_queue_head,
+                                    &pn_deferred_queue_tail) == CDS_WFCQ_RET_WOULDBLOCK) {
+    pn_warning("fork: another thread was handing a batch of deferred frees over; the child "
+               "leaks it");
+    __cds_wfcq_init(&pn_deferred_queue_head, &pn_deferred_queue_tail);
+  } else {
+    __cds_wfcq_splice_blocking(&pn_deferred_queue_head, &pn_deferred_queue_tail, &head, &tail);
+  }
+  for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
+       slot != NULL; slot = slot->next) {
+    /* Threads that were taking a slot's returned batches are gone: their
+     * frees never finish here (those blocks leak in the child). */
+    pn_atomic_store_relaxed(&slot->xtaking, 0);
+    if (slot != pn_deferred_slot_mine())
+      pn_atomic_store_relaxed(&slot->xin_use, 0);
+  }
+  if (deferred_fork_online != NULL)
+    deferred_fork_online->thread_online();
+}
