@@ -20,6 +20,10 @@
 #define PANTRY_H
 
 #include <stddef.h>
+#include <stdio.h> /* FILE, for pantry_stats_print */
+#ifndef __cplusplus
+#include <stdbool.h> /* bool, for pantry_collect */
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -157,13 +161,18 @@ PANTRY_API void pantry_dealloc(void *p, pantry_layout_t layout);
  * pantry_pool_destroy finds every live object, drops it, and returns every
  * page at once, with no per-object work when there is no drop.
  *
- * Each thread allocates from its own pages of the pool, found through a
+ * Each thread allocates from its own part of the pool, found through a
  * thread-local table keyed by the pool's id (never reused, so a new pool at
- * the address of a destroyed one never sees its state). The fast paths of
- * pantry_pool_alloc and of a free by the allocating thread take no lock and
- * no atomic read-modify-write; a free from another thread is one
- * compare-and-swap onto the page's thread-free list. A thread that exits
- * hands its pages to the pool, and another thread adopts them.
+ * the address of a destroyed one never sees its state): a magazine of free
+ * objects in front of the thread's own pages. pantry_pool_alloc pops it,
+ * pantry_pool_free pushes on the freeing thread's magazine: no lock and no
+ * atomic read-modify-write on either fast path, whichever thread allocated
+ * the object. Magazines are refilled from and emptied into pages in
+ * batches; objects of another thread's page go back with one
+ * compare-and-swap per run. A thread that exits hands its pages and its
+ * magazine to the pool, and another thread adopts them. Each thread's
+ * magazine holds up to 64 objects (fewer for objects above 256 bytes: about
+ * 16 KiB of them, at least 2).
  *
  * Which calls may run at the same time on one pool P:
  *
@@ -234,22 +243,27 @@ PANTRY_API pantry_pool_t *pantry_pool_create(const pantry_pool_config_t *config)
  * Returns NULL with errno ENOMEM when memory runs out or `init` returns
  * nonzero; then no drop will run for that object. `pool` must be a live pool.
  * Thread-safe (any number of threads on one pool); lock-free; the fast path
- * is a thread-local table look-up and a free-list pop. (Not declared with
- * the `malloc` attribute: `init` may store pointers in the object.) */
+ * is a thread-local table look-up and a pop from the thread's magazine of
+ * free objects (refilled from the thread's pages half a magazine at a
+ * time). (Not declared with the `malloc` attribute: `init` may store
+ * pointers in the object.) */
 PANTRY_API void *pantry_pool_alloc(pantry_pool_t *pool);
 
 /** Run the pool's `drop` on `obj`, then give it back to `pool`.
  *
- * `obj` NULL does nothing. Any thread may free an object of any thread; the
- * allocating thread's free is a local push with no atomic, another thread's
- * is one compare-and-swap. Diagnoses and aborts (naming the pool and the
- * pointer) on: a pointer pantry never handed out, an object of another pool,
- * a pointer into the middle of an object, and a double free: always when
- * the object's page has no object in use or its remote frees outnumber its
- * objects, at pantry_pool_destroy and pantry_pool_visit when an object is
- * free twice, and on every free in debug builds (PANTRY_DEBUG).
- * pantry_free (or free, realloc, pantry_dealloc) of a pool object is
- * diagnosed too: it would skip the drop. Thread-safe; lock-free. */
+ * `obj` NULL does nothing. Any thread may free an object of any thread: the
+ * object goes on the freeing thread's magazine (a small per-thread stack of
+ * free objects, as a kmem_cache's per-CPU array) with no atomic; a full
+ * magazine gives half of its objects back to their pages in one batch (one
+ * compare-and-swap per run of objects of another thread's page).
+ * Diagnoses and aborts (naming the pool and the pointer) on: a pointer
+ * pantry never handed out, an object of another pool, a pointer into the
+ * middle of an object, and a double free: always when a thread frees the
+ * same object twice in a row, when a page gets back more objects than are
+ * in use, and at pantry_pool_visit and pantry_pool_destroy (with a drop)
+ * when an object is free twice; on every free in debug builds
+ * (PANTRY_DEBUG). pantry_free (or free, realloc, pantry_dealloc) of a pool
+ * object is diagnosed too: it would skip the drop. Thread-safe; lock-free. */
 PANTRY_API void pantry_pool_free(pantry_pool_t *pool, void *obj);
 
 /** Destroy `pool`: run `drop` on every object still live, whichever thread
@@ -692,6 +706,158 @@ PANTRY_API void pantry_deferred_barrier(void);
  *   #include <urcu/urcu-qsbr.h>
  *   pantry_deferred_set_flavor(&urcu_qsbr_flavor);                    */
 PANTRY_API int pantry_deferred_set_flavor(const void *rcu_flavor);
+
+/* ------------------------------------------------------------------------ */
+/* Statistics, options and errors                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Statistics. Each thread counts in its own heap, with no atomic
+ * read-modify-write and nothing on the allocation and free fast paths: a
+ * page's blocks are counted when the page reaches a slow path (it runs out
+ * of free blocks, empties, fills up, or its thread calls pantry_stats_get,
+ * pantry_collect or exits). pantry_stats_get adds up the counts of every
+ * live thread and of the threads that exited. So the figures are exact for
+ * the calling thread and for exited threads, and lag for a thread that is
+ * running now by the blocks its pages handed out or took back since they
+ * last reached a slow path (at most a page's worth per size class it is
+ * using, plus frees into pages that did not empty). Pools (pantry_pool_stats)
+ * and arenas (pantry_arena_stats) have figures of their own; an arena's
+ * chunks count here as blocks. */
+
+/** The number of size classes (entries of pantry_stats_t.size_classes). */
+#define PANTRY_STATS_SIZE_CLASSES 104
+
+/** One size class of pantry_stats_t. */
+typedef struct pantry_size_class_stats {
+  size_t block_size;  /* bytes per block: the largest request the class serves */
+  size_t live_blocks; /* blocks allocated and not yet freed */
+  size_t pages;       /* pages holding blocks of this class (64 KiB, 512 KiB or 4 MiB each) */
+} pantry_size_class_stats_t;
+
+/** Process-wide figures (pantry_stats_get). Cumulative counts are since
+ * the process started; the others are now. */
+typedef struct pantry_stats {
+  size_t bytes_allocated;    /* bytes in live blocks, at their size class (huge: usable size) */
+  size_t live_blocks;        /* blocks allocated and not yet freed, huge ones included */
+  size_t huge_blocks;        /* live blocks above 512 KiB, each mapped on its own */
+  size_t segments;           /* 4 MiB segments mapped: in use, abandoned or cached */
+  size_t segments_abandoned; /* of those, left by exited threads and not yet adopted */
+  size_t segments_cached;    /* of those, empty, purged and kept for reuse */
+  size_t bytes_mapped;       /* address space pantry has mapped (segments and huge blocks) */
+  size_t bytes_committed;    /* of that, memory pantry may have touched: segment headers,
+                                pages taken and not purged since, huge blocks */
+  size_t bytes_resident;     /* resident set of the whole process (/proc/self/statm), 0 if
+                                unknown: pantry's memory and everything else */
+  size_t remote_frees;       /* cumulative: frees of a block by another thread than its owner */
+  size_t depot_adoptions;    /* cumulative: segments of exited threads adopted by others */
+  size_t purges;             /* cumulative: madvise calls that gave unused pages back */
+  size_t bytes_purged;       /* cumulative: bytes those calls gave back */
+  size_t threads;            /* thread heaps alive */
+  pantry_size_class_stats_t size_classes[PANTRY_STATS_SIZE_CLASSES]; /* smallest first */
+} pantry_stats_t;
+
+/** Fill `*stats` with the process's figures (see above for how exact).
+ *
+ * Walks a registry of thread heaps (O(threads + size classes)) with no lock,
+ * and the calling thread's own pages (O(its pages)); reads
+ * /proc/self/statm. Never allocates. `stats` NULL does nothing.
+ * Thread-safe; may run at the same time as any allocation or free. */
+PANTRY_API void pantry_stats_get(pantry_stats_t *stats);
+
+/** Print pantry_stats_get's figures to `out` (NULL: stderr), one per line,
+ * then the size classes that hold blocks, then the segment layer's
+ * counters. Thread-safe, as pantry_stats_get; the output goes through stdio.
+ *
+ *   pantry_stats_print(stderr);        (or run with PANTRY_SHOW_STATS=1) */
+PANTRY_API void pantry_stats_print(FILE *out);
+
+/** Give memory back to the OS now.
+ *
+ * For the calling thread: collects the frees other threads made into its
+ * pages, releases every page that holds no block (even the one kept per
+ * size class), and purges (madvise MADV_DONTNEED) every unused page of its
+ * segments. For the whole process: purges every unused page that waits for
+ * its purge delay, in every thread's segments, and waits until the empty
+ * segments handed to pantry's depot are purged (an RCU grace period). With
+ * `force`, the calling thread's spare empty segment goes too, and the
+ * segments in the depot's cache are unmapped.
+ *
+ * Without any call, pantry purges an emptied page one purge delay after it
+ * emptied (PANTRY_PURGE_DELAY_MS), from a background thread.
+ * Thread-safe; takes no lock; blocks for about one grace period of
+ * liburcu's urcu-bp flavor, so it must not be called inside an urcu-bp
+ * read-side critical section or from a call_rcu callback. */
+PANTRY_API void pantry_collect(bool force);
+
+/* Options. Each option is read from its environment variable once, when
+ * pantry initialises (before main under LD_PRELOAD), and may be read or
+ * changed later with pantry_option_get and pantry_option_set:
+ *
+ *   | option                | values        | default | what it does                          |
+ *   |-----------------------|---------------|---------|---------------------------------------|
+ *   | PANTRY_VERBOSE        | 0, 1, 2       | 0       | 1: print the options in effect at     |
+ *   |                       |               |         | start and rare events (2: more)       |
+ *   | PANTRY_PURGE_DELAY_MS | 0 .. 3600000  | 10      | how long an emptied page keeps its    |
+ *   |                       |               |         | memory before it goes back to the OS  |
+ *   | PANTRY_PURGE_THREAD   | 0, 1          | 1       | purge from a background thread, so    |
+ *   |                       |               |         | memory comes back with no further     |
+ *   |                       |               |         | call (started once pantry maps 8 MiB) |
+ *   | PANTRY_SHOW_STATS     | 0, 1          | 0       | print pantry_stats_print at exit      |
+ *   | PANTRY_LEAK_REPORT    | 0, 1          | 0       | report the blocks still live at exit  |
+ *   |                       |               |         | (read at start only)                  |
+ *   | PANTRY_SECURE         | 0, 1          | build   | read-only: 1 when the library was     |
+ *   |                       |               |         | built with -DPANTRY_SECURE=ON         |
+ *
+ * Booleans also take true/false, yes/no, on/off. A bad value in the
+ * environment gets a warning naming the variable, the value, what is
+ * allowed and the default used instead; so does a PANTRY_* variable that is
+ * no option (with the nearest option's name), except the variables of
+ * pantry's own scripts (PANTRY_TEST_*, PANTRY_BENCH_*, PANTRY_BUILD_DIR,
+ * ...). */
+
+/** Set option `name` (e.g. "PANTRY_PURGE_DELAY_MS", or "purge_delay_ms")
+ * from the decimal or boolean string `value`.
+ * Returns 0; EINVAL when `name` is no option or `value` is out of range
+ * or not a number; EPERM for PANTRY_SECURE (fixed when built) and
+ * PANTRY_LEAK_REPORT (fixed at start). Takes effect at once (a new purge
+ * delay applies to pages emptied from then on). Thread-safe. */
+PANTRY_API int pantry_option_set(const char *name, const char *value);
+
+/** The value of option `name` (as pantry_option_set names it), or -1 with
+ * errno EINVAL when there is no such option. Thread-safe. */
+PANTRY_API long pantry_option_get(const char *name);
+
+/* Errors. pantry reports what it diagnoses (a double free, a foreign
+ * pointer, a bad option) as one line of text. By default the line goes to
+ * stderr with write(2) ("pantry: error: ...", "pantry: warning: ..."); a
+ * program may send it elsewhere (a log) with pantry_set_error_handler. A
+ * fatal error still aborts (abort()) after the handler returns. */
+
+/** How bad a reported condition is. */
+typedef enum pantry_severity {
+  PANTRY_SEVERITY_INFO = 0,    /* PANTRY_VERBOSE messages */
+  PANTRY_SEVERITY_WARNING = 1, /* pantry goes on (a bad option, a failed munmap) */
+  PANTRY_SEVERITY_FATAL = 2    /* misuse or corruption: abort() follows the handler */
+} pantry_severity_t;
+
+/** An error handler: `message` is the line without prefix or newline
+ * ("pantry_free(0x7f..): double free ..."), valid during the call only;
+ * `ctx` is the pointer given with the handler. */
+typedef void (*pantry_error_fn)(pantry_severity_t severity, const char *message, void *ctx);
+
+/** Send pantry's messages to `handler(severity, message, ctx)` instead of
+ * stderr; `handler` NULL restores the default.
+ *
+ * The handler runs on the thread that hit the condition, possibly inside
+ * pantry_free or malloc (under LD_PRELOAD): it should not allocate with
+ * pantry, and after a fatal error pantry's state may be inconsistent. A
+ * message reported while the handler runs on the same thread goes to stderr.
+ * Set it at start-up: a handler changed while another thread reports may be
+ * called with the old or the new `ctx`. Thread-safe otherwise.
+ *
+ *   static void to_log(pantry_severity_t s, const char *m, void *ctx) { log_line(ctx, m); }
+ *   pantry_set_error_handler(to_log, my_log);                              */
+PANTRY_API void pantry_set_error_handler(pantry_error_fn handler, void *ctx);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -30,7 +30,9 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
   /* racy: block_size is written by the owner before any block of the page
    * is handed out and cleared only after all came back; a legitimate free
    * always sees it set. */
-  if (PN_UNLIKELY(page->block_size == 0))
+  /* racy: area is 0 while the owner keeps the page trimmed (heap.c), when
+   * no block of it is handed out; a legitimate free never sees that. */
+  if (PN_UNLIKELY(page->block_size == 0 || page->area == 0))
     pn_fatal("%s(%p): double free or invalid pointer (its page holds no blocks)", fn, p);
   if (pn_page_is_block_start(page, p)) return p;
   if (page->flags.x.has_aligned && (uint8_t *)p >= page->page_start &&
@@ -58,8 +60,19 @@ void pn_free_slow(void *p, const char *fn) {
   pn_heap_t *heap = pn_heap_tls;
   if ((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap)
     pn_heap_free_local_slow(heap, page, block, fn);
-  else
+  else {
+    /* A remote freer cannot scan the owner's lists, but it needs not: an
+     * allocated block's link word was cleared when it was handed out (so it
+     * holds user data, or 0, which decodes to the page key), and a free
+     * block's decodes to NULL or into its page. Only user data equal to the
+     * secret key XOR an address of the page would be misread. */
+    if (PN_UNLIKELY(pn_block_maybe_free(page, block)))
+      pn_fatal("%s(%p): double free (the block is already free: its link word points into its "
+               "page; freed from a thread that does not own it; block size %zu)",
+               fn, p, page->block_size);
     pn_page_free_remote(segment, page, block);
+    pn_stats_remote_free(heap); /* stats.c: into this thread's counters */
+  }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -105,7 +118,14 @@ size_t pantry_usable_size(const void *p) {
 void *pantry_realloc(void *p, size_t size) {
   if (p == NULL) return pn_malloc_inline(size);
   size_t usable = pn_usable_size_checked(p, "pantry_realloc");
-  if (size <= usable && size >= usable / 2 && size > 0) return p;
+  /* In place only when the new size has the block's own size class (or, for
+   * a huge block, wastes at most half of it), so that a free_sized or dealloc
+   * with the new size still finds the class it expects. */
+  pn_page_t *page = pn_segment_page_of(pn_segment_of(p), p);
+  if (size > 0 && size <= usable &&
+      (page->bin == PN_BIN_HUGE ? size >= usable / 2 && size > PN_LARGE_SIZE_MAX
+                                : page->flags.x.has_aligned == 0 && pn_bin(size) == page->bin))
+    return p;
   void *q = pn_malloc_inline(size);
   if (q == NULL) return NULL;
   memcpy(q, p, size < usable ? size : usable);

@@ -66,6 +66,18 @@ static inline uintptr_t pn_atomic_fetch_or_release(pn_atomic_uintptr_t *p, uintp
   return atomic_fetch_or_explicit(p, v, memory_order_release);
 }
 
+static inline uintptr_t pn_atomic_fetch_or_acq_rel(pn_atomic_uintptr_t *p, uintptr_t v) {
+  return atomic_fetch_or_explicit(p, v, memory_order_acq_rel);
+}
+
+static inline uintptr_t pn_atomic_fetch_and_acq_rel(pn_atomic_uintptr_t *p, uintptr_t v) {
+  return atomic_fetch_and_explicit(p, v, memory_order_acq_rel);
+}
+
+static inline uintptr_t pn_atomic_fetch_and_release(pn_atomic_uintptr_t *p, uintptr_t v) {
+  return atomic_fetch_and_explicit(p, v, memory_order_release);
+}
+
 static inline uintptr_t pn_atomic_fetch_and_relaxed(pn_atomic_uintptr_t *p, uintptr_t v) {
   return atomic_fetch_and_explicit(p, v, memory_order_relaxed);
 }

@@ -442,6 +442,7 @@ void pantry_pool_free_deferred(pantry_pool_t *pool, void *obj) {
   if (obj == NULL)
     return;
   pn_pool_check(pool, obj, "pantry_pool_free_deferred");
+  pn_pool_note_deferred(pool);
   size_t usable = pn_segment_page_of(pn_segment_of(obj), obj)->block_size;
   deferred_push((uintptr_t)obj | 1, obj, usable, "pantry_pool_free_deferred");
 }

@@ -111,8 +111,23 @@ static void depot_call_rcu(pn_segment_t *segment, void (*fn)(struct rcu_head *))
 /* call_rcu callbacks: a grace period has passed since the segment was last
  * popped (see the comment at the top). They run on liburcu's worker thread. */
 
+static void depot_unmap(pn_segment_t *segment) {
+  pn_segment_map_set(segment, false);
+  segment->cookie = 0;
+  pn_stat_add(PN_STAT_SEGMENTS_UNMAPPED, 1);
+  pn_stat_sub(PN_STAT_BYTES_MAPPED, segment->mapping_size);
+  pn_stat_sub(PN_STAT_BYTES_COMMITTED, PN_SEGMENT_HEADER_SIZE);
+  pn_track_unpoison(segment, segment->mapping_size);
+  pn_os_free(segment, segment->mapping_size);
+}
+
 static void depot_release_rcu(struct rcu_head *head) {
   pn_segment_t *segment = depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head));
+  if (pn_purge_segment_busy(segment)) { /* a purger madvises part of it: wait for it */
+    depot_call_rcu(segment, depot_release_rcu);
+    return;
+  }
+  pn_purge_segment_reset(segment); /* all of it goes back below */
   if (pn_atomic_fetch_add_relaxed(&depot_xcached_count, 1) < DEPOT_CACHE_MAX) {
     /* Keep the mapping, give the memory back; the header page stays. */
     pn_os_purge((uint8_t *)segment + PN_SEGMENT_FIRST_OFFSET,
@@ -122,12 +137,34 @@ static void depot_release_rcu(struct rcu_head *head) {
     return;
   }
   pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
-  pn_segment_map_set(segment, false);
-  segment->cookie = 0;
-  pn_stat_add(PN_STAT_SEGMENTS_UNMAPPED, 1);
-  pn_stat_sub(PN_STAT_BYTES_MAPPED, segment->mapping_size);
-  pn_track_unpoison(segment, segment->mapping_size);
-  pn_os_free(segment, segment->mapping_size);
+  depot_unmap(segment);
+}
+
+static void depot_unmap_rcu(struct rcu_head *head) {
+  depot_unmap(depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head)));
+}
+
+/* pantry_collect: wait for every release in flight (urcu_bp_barrier), so
+ * their memory is back when this returns; with `flush`, then unmap every
+ * cached segment too, after a grace period (a pop in progress may still
+ * read one). Not called from inside liburcu, an urcu-bp read-side section
+ * or a call_rcu callback. */
+void pn_depot_collect(bool flush) {
+  pn_segment_t *segment;
+  depot_in_urcu = true; /* an allocation inside liburcu must not re-enter it */
+  urcu_bp_barrier();    /* releases in flight land in the cache first */
+  depot_in_urcu = false;
+  if (!flush) return;
+  while ((segment = depot_pop_cached()) != NULL) {
+    pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
+    pn_stat_add(PN_STAT_SEGMENTS_FLUSHED, 1);
+    depot_in_urcu = true; /* an allocation inside liburcu must not re-enter it */
+    depot_call_rcu(segment, depot_unmap_rcu);
+    depot_in_urcu = false;
+  }
+  depot_in_urcu = true;
+  urcu_bp_barrier();
+  depot_in_urcu = false;
 }
 
 /* Hand a segment that still holds live blocks to the depot, adoptable at
@@ -140,6 +177,7 @@ void pn_depot_abandon(pn_segment_t *segment) {
 /* Hand an empty segment to the depot: cached (purged) or unmapped. */
 void pn_depot_release(pn_segment_t *segment) {
   pn_atomic_store_relaxed(&segment->xowner, 0);
+  pn_purge_segment_forget(segment); /* before the grace period: purgers let go of it */
   if (depot_in_urcu) {
     depot_push(&depot_pending, segment);
     return;

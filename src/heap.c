@@ -131,8 +131,12 @@ static void heap_segment_empty(pn_heap_t *heap, pn_segment_t *segment) {
 static void heap_page_release(pn_heap_t *heap, pn_page_t *page) {
   pn_segment_t *segment = pn_page_segment(page);
   bool was_full = segment->used_pages == segment->page_count;
+  pn_heap_stat_pages(heap, page, -1); /* stats */
   pn_segment_page_release(segment, page);
   heap->purge_pages++;
+  /* purge.c: beyond a reserve of emptied memory, the page's goes back now, so
+   * a burst of frees returns its memory as it goes, not a delay later. */
+  pn_purge_page_now(segment, page->index);
   if (segment->used_pages == 0) {
     heap_segment_empty(heap, segment);
   } else if (was_full) {
@@ -154,6 +158,7 @@ static void heap_page_unfull(pn_heap_t *heap, pn_page_t *page) {
    * bit whose page is no longer in_full). */
   pn_atomic_fetch_and_relaxed(&page->xthread_free, ~PN_THREAD_FREE_FULL);
   pn_page_collect(page);
+  pn_heap_stat_page(heap, page); /* stats */
   heap_queue_push_front(heap, page->bin, page);
 }
 
@@ -194,7 +199,7 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
   pn_atomic_store_relaxed(&segment->xowner, (uintptr_t)heap);
   pn_atomic_exchange_acquire(&segment->xfull_freed, 0);
   heap->adopted++;
-  heap->purge_pages += (uint32_t)__builtin_popcountll(segment->purge_pending);
+  heap->purge_pages += pn_purge_pending_units(segment);
   pn_stat_add(PN_STAT_SEGMENTS_ADOPTED, 1);
   heap_segment_push(heap, segment, segment->used_pages < segment->page_count);
   for (uint32_t i = 0; i < segment->page_count; i++) {
@@ -202,6 +207,7 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
     if (page->block_size == 0) continue;
     page->flags.x.in_full = 0;
     page->next = page->prev = NULL;
+    pn_stats_page_adopted(heap, page); /* stats: its counts move to this heap */
     pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
     if (page->used == 0) {
       /* Decide before the release: releasing the last page may hand the
@@ -211,6 +217,7 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
       if (last) return;
       continue;
     }
+    pn_heap_stat_page(heap, page); /* stats */
     heap_queue_push_front(heap, page->bin, page);
   }
 }
@@ -222,7 +229,10 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
 static pn_page_t *heap_page_fresh(pn_heap_t *heap, unsigned bin) {
   pn_page_kind_t kind = pn_bin_kind(bin);
   pn_segment_t *segment = heap->segments[kind];
-  if (segment == NULL || segment->used_pages == segment->page_count) {
+  pn_page_t *page = NULL;
+  if (segment != NULL && segment->used_pages < segment->page_count)
+    page = pn_segment_page_take(segment); /* NULL while a purger gives its unused pages back */
+  while (page == NULL) {
     if (heap->empty_segment != NULL) {
       segment = heap->empty_segment;
       heap->empty_segment = NULL;
@@ -233,31 +243,63 @@ static pn_page_t *heap_page_fresh(pn_heap_t *heap, unsigned bin) {
     }
     pn_atomic_store_relaxed(&segment->xowner, (uintptr_t)heap);
     heap_segment_push(heap, segment, true);
+    page = pn_segment_page_take(segment); /* NULL only for the spare, if being purged */
   }
-  pn_page_t *page = pn_segment_page_take(segment);
   if (segment->used_pages == segment->page_count && segment->next != NULL) {
     heap_segment_remove(heap, segment);
     heap_segment_push(heap, segment, false);
   }
   pn_page_format(page, pn_bin_size(bin), bin, NULL);
+  page->stat_used = 0;
+  pn_heap_stat_pages(heap, page, +1); /* stats */
   pn_page_extend(page);
   heap_queue_push_front(heap, bin, page);
   return page;
 }
 
 /* A page of `bin` with at least one free block, at the front of its queue. */
+/* Trimming (purge.c's side of the page kept per size class, see
+ * pn_heap_page_retire): a kept page that emptied after it grew past one
+ * extension forgets its free blocks (they are carved again on demand) and
+ * lends its memory to the purgers, after the purge delay, like a released
+ * page: so a thread that goes quiet keeps at most one extension per size
+ * class. area == 0 marks it: no pointer is a block of it. Owner only. */
+static void heap_page_trim(pn_heap_t *heap, pn_page_t *page) {
+  uint32_t one_extension = (uint32_t)(PN_OS_PAGE_SIZE / page->block_size);
+  if (page->capacity <= (one_extension > 1 ? one_extension : 1)) return; /* alloc/free pairs */
+  page->free = page->local_free = NULL;
+  page->capacity = 0;
+  page->area = 0;
+  pn_purge_page_release(pn_page_segment(page), page->index);
+  heap->purge_pages++;
+}
+
+/* Before a trimmed page carves blocks again: take its memory back. False
+ * while a purger is giving it back right now (use another page). */
+static bool heap_page_untrim(pn_page_t *page) {
+  if (PN_LIKELY(page->area != 0)) return true;
+  if (!pn_purge_page_take(pn_page_segment(page), page)) return false;
+  page->area = (uint32_t)(page->reserved * page->block_size);
+  return true;
+}
+
 static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
   for (int attempt = 0; attempt < 8; attempt++) {
     pn_page_t *page = heap->queues[bin].first;
     while (page != NULL) {
       pn_page_t *next = page->next;
       pn_page_collect(page);
+      if (page->free == NULL && !heap_page_untrim(page)) { /* trimmed, being purged */
+        page = next;
+        continue;
+      }
       if (page->free == NULL) pn_page_extend(page);
       if (page->free != NULL) {
         heap_queue_move_to_front(heap, bin, page);
         return page;
       }
       if (pn_page_try_mark_full(page)) {
+        pn_heap_stat_page(heap, page); /* stats */
         heap_queue_remove(heap, bin, page);
         heap_queue_push_front(heap, PN_BIN_FULL, page);
       } else {
@@ -314,6 +356,7 @@ void pn_process_init(void) {
   uint32_t state = 0;
   if (!pn_atomic_cas_strong_acq_rel32(&process_xstate, &state, 1)) return;
   heap_tls_initializing = true;
+  pn_options_init(); /* options.c: PANTRY_* from the environment, no allocation */
   uintptr_t key = 0;
   if (getrandom(&key, sizeof key, GRND_NONBLOCK) != (ssize_t)sizeof key) {
     struct timespec ts;
@@ -352,6 +395,7 @@ pn_heap_t *pn_heap_get_or_init(void) {
   heap_tls_initializing = true;
   heap = heap_create();
   if (heap != NULL) {
+    heap->stats = pn_stats_heap_claim();
     pn_stat_add(PN_STAT_HEAPS_CREATED, 1);
     pn_heap_tls = heap;
     pthread_setspecific(heap_key, heap);
@@ -372,7 +416,11 @@ static void heap_abandon(pn_heap_t *heap) {
         page->flags.x.in_full = 0;
         pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
         page->next = page->prev = NULL;
-        if (page->used == 0) pn_segment_page_release(segment, page);
+        pn_heap_stat_page(heap, page); /* stats */
+        if (page->used == 0) {
+          pn_heap_stat_pages(heap, page, -1); /* stats */
+          pn_segment_page_release(segment, page);
+        }
       }
       segment->next = segment->prev = NULL;
       if (segment->used_pages == 0) {
@@ -386,6 +434,7 @@ static void heap_abandon(pn_heap_t *heap) {
     }
   }
   if (heap->empty_segment) pn_depot_release(heap->empty_segment);
+  pn_stats_heap_release(heap->stats); /* stats: fold this thread's counts into the total */
   size_t size = (sizeof(pn_heap_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
   pn_os_free(heap, size);
 }
@@ -402,16 +451,52 @@ static void heap_purge_maybe(pn_heap_t *heap) {
   uint32_t pending = 0;
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
     for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) {
-      if (s->purge_pending == 0) continue;
-      pn_segment_purge_expired(s, now, false);
-      pending += (uint32_t)__builtin_popcountll(s->purge_pending);
+      if (pn_purge_pending_units(s) == 0) continue;
+      pn_purge_segment(s, now, false);
+      pending += pn_purge_pending_units(s);
     }
   }
   if (heap->empty_segment != NULL) {
-    pn_segment_purge_expired(heap->empty_segment, now, false);
-    pending += (uint32_t)__builtin_popcountll(heap->empty_segment->purge_pending);
+    pn_purge_segment(heap->empty_segment, now, false);
+    pending += pn_purge_pending_units(heap->empty_segment);
   }
   heap->purge_pages = pending;
+  pn_purge_local_reset(pending); /* purge.c: the exact count of this thread's */
+}
+
+/* pantry_collect (purge.c): give back now what the heap holds without
+ * need. Takes every remote free, releases every page that is empty (even
+ * the one kept per size class), purges every unused unit of the heap's
+ * segments at once and, when `force`, gives the spare empty segment to the
+ * depot. Owner only. */
+void pn_heap_collect(pn_heap_t *heap, bool force) {
+  heap_reclaim_full(heap);
+  for (unsigned bin = 1; bin <= PN_BIN_LARGE_MAX; bin++) {
+    pn_page_t *page = heap->queues[bin].first;
+    while (page != NULL) {
+      pn_page_t *next = page->next;
+      pn_page_collect_all(page);
+      pn_heap_stat_page(heap, page);
+      if (page->used == 0) {
+        heap_queue_remove(heap, bin, page);
+        heap_page_release(heap, page);
+      }
+      page = next;
+    }
+  }
+  uint64_t now = pn_clock_now_ns();
+  for (int kind = 0; kind < PN_PAGE_HUGE; kind++)
+    for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) pn_purge_segment(s, now, true);
+  if (heap->empty_segment != NULL) {
+    if (force) {
+      pn_depot_release(heap->empty_segment);
+      heap->empty_segment = NULL;
+    } else {
+      pn_purge_segment(heap->empty_segment, now, true);
+    }
+  }
+  heap->purge_pages = 0;
+  pn_purge_local_reset(0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -435,6 +520,9 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
     return block;
   }
   heap_purge_maybe(heap);
+  /* purge.c: start the purge thread once pantry maps 8 MiB; here, where the
+   * heap is consistent, since pthread_create may allocate. */
+  pn_purge_thread_start_maybe();
   unsigned bin = pn_bin(size);
   pn_page_t *page = heap->queues[bin].first;
   if (page == NULL || page->free == NULL) {
@@ -444,7 +532,9 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
       return NULL;
     }
   }
-  return pn_page_pop(page);
+  void *block = pn_page_pop(page);
+  pn_heap_stat_page(heap, page); /* stats: blocks handed out since the last slow path */
+  return block;
 }
 
 /* `size` bytes aligned to `align` (a power of two, 16 < align <=
@@ -486,9 +576,13 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
  * only one of its size class, so alloc/free of one block does not map and
  * unmap; otherwise hand it back to its segment. Owner only. */
 void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) {
+  pn_heap_stat_page(heap, page); /* stats */
   if (page->flags.x.in_full) heap_page_unfull(heap, page);
   pn_page_queue_t *pq = &heap->queues[page->bin];
-  if (pq->first == page && pq->last == page) return;
+  if (pq->first == page && pq->last == page) {
+    heap_page_trim(heap, page); /* kept, but its memory may go after the purge delay */
+    return;
+  }
   heap_queue_remove(heap, page->bin, page);
   heap_page_release(heap, page);
 }
@@ -512,6 +606,7 @@ void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block
   pn_block_set_next(page, block, page->local_free);
   page->local_free = block;
   page->used--;
+  pn_heap_stat_page(heap, page); /* stats */
   if (page->flags.x.in_full) heap_page_unfull(heap, page);
   if (page->used == 0) pn_heap_page_retire(heap, page);
 }

@@ -51,6 +51,8 @@ static const bool pn_secure = PANTRY_SECURE_BUILD;
 
 _Noreturn void pn_fatal(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
 void pn_warning(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
+/* An informational line, only with PANTRY_VERBOSE=1 or more. */
+void pn_verbose(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
 
 /* ------------------------------------------------------------------------ */
 /* Sizes                                                                    */
@@ -122,6 +124,7 @@ typedef struct pn_block {
 
 typedef struct pn_heap pn_heap_t;
 typedef struct pn_segment pn_segment_t;
+typedef struct pn_heap_stats pn_heap_stats_t;
 
 /* page->xthread_free packs three things into one word, so one CAS pushes a
  * remote free and one exchange collects them all without walking the list:
@@ -169,6 +172,7 @@ typedef struct pn_page {
   uint32_t block_shift;  /* block_size == block_odd << block_shift */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
   uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
+  uint32_t stat_used;    /* owner: `used` when the heap's statistics last counted the page (stats.c) */
   void *pool;            /* set at format: the pool whose objects the page holds, or NULL */
   pn_atomic_uintptr_t xthread_free; /* atomic: remote frees (CAS push), | PN_THREAD_FREE_FULL */
   struct pn_page *next;  /* owner: the heap's queue for this bin (or the full queue) */
@@ -192,8 +196,14 @@ struct pn_segment {
   uint32_t page_shift;        /* set when formatted: log2 of the page size (63 for huge) */
   uint32_t page_count;        /* set when formatted */
   uint32_t used_pages;        /* owner: pages with block_size != 0 */
-  uint64_t purge_pending;     /* owner: bit i = unused page i still holds memory to purge */
-  uint64_t purge_at_ns[PN_PAGES_MAX]; /* owner: when page i's memory goes back to the OS */
+  /* Purging (purge.c), in 64 KiB purge units whatever the page size, so a
+   * unit's state survives a reformat. Any thread may claim a pending unit:
+   * the owner to reuse it, a purger to give it back; the fetch_and on
+   * xpurge_pending that clears its bit decides (see purge.c). */
+  pn_atomic_uintptr_t xpurge_pending; /* atomic acq/rel: bit u = unit u is unused and holds memory */
+  pn_atomic_uintptr_t xpurging;       /* atomic acq/rel: bit u = a purger is giving unit u back */
+  pn_atomic_uintptr_t xcommitted;     /* atomic: bit u = unit u was taken and not purged since */
+  pn_atomic_uintptr_t xpurge_at_ns[PN_PAGES_MAX]; /* atomic relaxed: when unit u is due */
   size_t mapping_size;        /* immutable: bytes mapped */
   struct pn_segment *next;    /* owner: the heap's list of segments of this kind */
   struct pn_segment *prev;    /* owner */
@@ -201,9 +211,6 @@ struct pn_segment {
   pn_atomic_uintptr_t xpool_owner; /* atomic relaxed: token of the thread whose pool cache owns it */
   void *pool_cache;           /* owner (that thread): the pool cache that owns it */
   struct pn_segment *pool_next; /* immutable once pushed: the pool's registry of its segments */
-  /* owner writes (relaxed load + store), stats read: local frees of pool
-   * objects; a line of its own, away from xpool_owner, which every free reads */
-  _Alignas(64) pn_atomic_uintptr_t xpool_frees;
   pn_atomic_uintptr_t xdepot_handoffs; /* atomic acq/rel: the C11 edge of every depot handoff */
   struct cds_lfs_node depot_node; /* depot: link in an lfstack */
   struct rcu_head rcu_head;   /* depot: deferred push or unmap */
@@ -239,6 +246,7 @@ struct pn_heap {
   uint32_t purge_pages;                  /* pages released and not yet purged */
   uint32_t slow_count;                   /* slow-path entries, to look at the clock rarely */
   uint64_t adopted;                      /* statistics: segments adopted from the depot */
+  pn_heap_stats_t *stats;                /* owner: this thread's counters (stats.c); NULL in sentinels */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -289,12 +297,7 @@ pn_page_t *pn_segment_page_take(pn_segment_t *segment) PN_HIDDEN;
 void pn_segment_page_release(pn_segment_t *segment, pn_page_t *page) PN_HIDDEN;
 bool pn_segment_is_valid(const pn_segment_t *segment) PN_HIDDEN;
 
-/* Purging: how long a page that emptied keeps its memory before pantry gives
- * it back (madvise), so a page freed and reused soon costs no page faults.
- * Set from PANTRY_PURGE_DELAY_MS (options.c); 10 ms by default, as mimalloc. */
-extern uint64_t pn_purge_delay_ns PN_HIDDEN;
 uint64_t pn_clock_now_ns(void) PN_HIDDEN;
-void pn_segment_purge_expired(pn_segment_t *segment, uint64_t now, bool all) PN_HIDDEN;
 
 /* ------------------------------------------------------------------------ */
 /* page.c: free lists                                                       */
@@ -380,6 +383,7 @@ void pn_depot_abandon(pn_segment_t *segment) PN_HIDDEN;
 pn_segment_t *pn_depot_adopt(void) PN_HIDDEN;
 void pn_depot_release(pn_segment_t *segment) PN_HIDDEN;
 pn_segment_t *pn_depot_take_cached(void) PN_HIDDEN;
+void pn_depot_collect(bool flush) PN_HIDDEN;
 void pn_depot_fork_prepare(void) PN_HIDDEN;
 void pn_depot_fork_parent(void) PN_HIDDEN;
 void pn_depot_fork_child(void) PN_HIDDEN;
@@ -398,6 +402,16 @@ void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block
                              const char *fn) PN_HIDDEN;
 pn_heap_t *pn_heap_get_or_init(void) PN_HIDDEN;
 void pn_process_init(void) PN_HIDDEN;
+/* pantry_collect: return the heap's empty pages and purge its unused ones. */
+void pn_heap_collect(pn_heap_t *heap, bool force) PN_HIDDEN;
+
+/* ------------------------------------------------------------------------ */
+/* leak.c: the leak report (PANTRY_LEAK_REPORT=1)                           */
+/* ------------------------------------------------------------------------ */
+
+extern bool pn_leak_tracking PN_HIDDEN;
+void pn_leak_arena_created(void) PN_HIDDEN;
+void pn_leak_arena_destroyed(void) PN_HIDDEN;
 
 /* ------------------------------------------------------------------------ */
 /* stats.c: process-wide slow-path counters                                 */
@@ -416,7 +430,12 @@ typedef enum pn_stat {
   PN_STAT_HEAPS_CREATED,
   PN_STAT_HEAPS_ABANDONED,
   PN_STAT_FALLBACK_ALLOCS,
-  PN_STAT_PAGES_PURGED,
+  PN_STAT_PAGES_PURGED,     /* 64 KiB purge units given back (purge.c) */
+  PN_STAT_PURGES,           /* madvise calls that gave units back */
+  PN_STAT_BYTES_PURGED,     /* bytes those calls gave back */
+  PN_STAT_HUGE_BYTES,       /* bytes of huge blocks live now */
+  PN_STAT_BYTES_COMMITTED,  /* headers, units taken and not purged since, huge mappings */
+  PN_STAT_SEGMENTS_FLUSHED, /* cached segments unmapped by pantry_collect(true) */
   PN_STAT_COUNT
 } pn_stat_t;
 
@@ -437,12 +456,107 @@ static inline void pn_stat_sub(pn_stat_t stat, uintptr_t n) {
 
 void pn_stats_print_counters(FILE *out) PN_HIDDEN;
 
+/* Per-thread counters. Each thread heap claims one block from a registry
+ * when it is created and gives it back when it is abandoned, after folding
+ * its counts into the process total (pn_stats_heap_release). Blocks are never
+ * freed, so pantry_stats_get walks the registry at any time with no lock.
+ * Who writes what: every counter is written by the owning heap's thread
+ * only, with a relaxed load and store (no read-modify-write, no fence: a
+ * plain add on x86), and read by any thread (relaxed). Nothing here is
+ * touched on the fast paths: heap.c counts a page's blocks when the page
+ * reaches a slow path (pn_heap_stat_page). xclaimed: CAS 0 -> 1 by the
+ * claiming thread, store_release 0 by the releasing one. xnext: written
+ * before the block is published (release CAS on the registry head).
+ * Invariant (quiescent, per size class b): the sum over blocks and the
+ * total of xlive[b] == the sum over pages p of b of p->stat_used. */
+struct pn_heap_stats {
+  pn_atomic_uintptr_t xlive[PN_BIN_COUNT];  /* blocks in use per size class (modulo 2^64) */
+  pn_atomic_uintptr_t xpages[PN_BIN_COUNT]; /* pages per size class */
+  pn_atomic_uintptr_t xremote_frees;        /* frees by this thread of other threads' blocks */
+  pn_atomic_uintptr_t xclaimed;             /* 1 while a heap uses the block */
+  pn_atomic_uintptr_t xnext;                /* immutable once published: the registry link */
+};
+
+pn_heap_stats_t *pn_stats_heap_claim(void) PN_HIDDEN;
+void pn_stats_heap_release(pn_heap_stats_t *stats) PN_HIDDEN;
+void pn_stats_heap_settle(pn_heap_t *heap) PN_HIDDEN;
+void pn_stats_page_adopted(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN;
+void pn_stats_remote_free(pn_heap_t *heap) PN_HIDDEN;
+
+/* Owner-only add (see struct pn_heap_stats): wraps modulo 2^64 on purpose. */
+static inline void pn_heap_stat_add(pn_atomic_uintptr_t *x, uintptr_t n) {
+  pn_atomic_store_relaxed(x, pn_atomic_load_relaxed(x) + n);
+}
+
+/* Count what `page` handed out or took back since it was last counted.
+ * Called by the owner on slow paths only. */
+static inline void pn_heap_stat_page(pn_heap_t *heap, pn_page_t *page) {
+  if (page->used == page->stat_used) return;
+  pn_heap_stat_add(&heap->stats->xlive[page->bin], (uintptr_t)page->used - page->stat_used);
+  page->stat_used = page->used;
+}
+
+/* A page of `heap` formatted (+1) or released (-1); released pages were
+ * counted down to zero blocks first. */
+static inline void pn_heap_stat_pages(pn_heap_t *heap, pn_page_t *page, int delta) {
+  pn_heap_stat_page(heap, page);
+  pn_heap_stat_add(&heap->stats->xpages[page->bin], (uintptr_t)(intptr_t)delta);
+}
+
+/* ------------------------------------------------------------------------ */
+/* purge.c: memory back to the OS                                           */
+/* ------------------------------------------------------------------------ */
+
+/* A segment's purge state is kept in 64 KiB units (PN_PAGES_MAX of them), so
+ * it means the same for small, medium and large pages. Unit 0 starts after
+ * the header (and guard); the last ends before the end guard. */
+#define PN_PURGE_UNIT_SHIFT 16
+
+/* How long an emptied page keeps its memory before it goes back to the OS
+ * (madvise), so a page freed and reused soon costs no page faults. Set from
+ * PANTRY_PURGE_DELAY_MS (options.c); 10 ms by default, as mimalloc's. */
+extern pn_atomic_uintptr_t pn_purge_xdelay_ns PN_HIDDEN;
+
+bool pn_purge_page_take(pn_segment_t *segment, const pn_page_t *page) PN_HIDDEN;
+void pn_purge_page_release(pn_segment_t *segment, unsigned page_index) PN_HIDDEN;
+uint64_t pn_purge_segment(pn_segment_t *segment, uint64_t now, bool all) PN_HIDDEN;
+void pn_purge_segment_forget(pn_segment_t *segment) PN_HIDDEN;
+void pn_purge_segment_reset(pn_segment_t *segment) PN_HIDDEN;
+bool pn_purge_segment_busy(pn_segment_t *segment) PN_HIDDEN;
+void pn_purge_thread_start_maybe(void) PN_HIDDEN;
+/* Emptied memory a heap (and the purge thread, process-wide) keeps for reuse
+ * during the purge delay, at most, in purge units: beyond it, memory goes
+ * back at once (4 MiB). */
+#define PN_PURGE_RESERVE_UNITS 64u
+uint32_t pn_purge_page_now(pn_segment_t *segment, unsigned page_index) PN_HIDDEN;
+void pn_purge_local_reset(uint32_t pending_units) PN_HIDDEN;
+void pn_purge_delay_changed(void) PN_HIDDEN;
+
+/* The units of `segment` that are unused and wait for their purge. */
+static inline uint32_t pn_purge_pending_units(pn_segment_t *segment) {
+  return (uint32_t)__builtin_popcountll(pn_atomic_load_relaxed(&segment->xpurge_pending));
+}
+
+/* ------------------------------------------------------------------------ */
+/* options.c: PANTRY_* options                                              */
+/* ------------------------------------------------------------------------ */
+
+/* Read once, at process initialisation (pn_process_init), from the
+ * environment; never allocates. */
+void pn_options_init(void) PN_HIDDEN;
+/* atomic relaxed: PANTRY_VERBOSE, PANTRY_SHOW_STATS, PANTRY_PURGE_THREAD. */
+extern pn_atomic_uintptr_t pn_option_xverbose PN_HIDDEN;
+extern pn_atomic_uintptr_t pn_option_xshow_stats PN_HIDDEN;
+extern pn_atomic_uintptr_t pn_option_xpurge_thread PN_HIDDEN;
+
 /* ------------------------------------------------------------------------ */
 /* pool.c: pools                                                            */
 /* ------------------------------------------------------------------------ */
 
 /* pantry_free (and friends) of an object of `pool`: diagnosed, aborts. */
 _Noreturn void pn_pool_misfree(const void *pool, const void *p, const char *fn) PN_HIDDEN PN_COLD;
+struct pantry_pool;
+void pn_pool_note_deferred(struct pantry_pool *pool) PN_HIDDEN;
 /* The checks of pantry_pool_free (for pantry_pool_free_deferred): diagnosed, aborts. */
 void pn_pool_check(void *pool, void *obj, const char *fn) PN_HIDDEN;
 

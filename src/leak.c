@@ -85,9 +85,16 @@ static void leak_report(void) {
               bin_blocks[bin]);
   if (huge_blocks != 0)
     fprintf(stderr, "pantry:   huge blocks: %zu (%zu bytes)\n", huge_blocks, huge_bytes);
-  for (size_t r = 0; r < pool_rows; r++)
+  for (size_t r = 0; r < pool_rows; r++) {
+    /* The pool's own count: page->used also counts free objects parked in
+     * the threads' magazines (pool.c). */
+    pantry_pool_stats_t st;
+    pantry_pool_stats((pantry_pool_t *)pools[r].pool, &st);
+    if (st.live == 0) continue;
     fprintf(stderr, "pantry:   pool \"%s\": %zu objects live (%zu bytes), never freed or destroyed\n",
-            pantry_pool_name((const pantry_pool_t *)pools[r].pool), pools[r].objects, pools[r].bytes);
+            pantry_pool_name((const pantry_pool_t *)pools[r].pool), (size_t)st.live,
+            (size_t)st.live * (size_t)st.object_size);
+  }
   uintptr_t arenas = pn_atomic_load_relaxed(&leak_xarenas_live);
   if (arenas != 0) fprintf(stderr, "pantry:   arenas never destroyed: %zu\n", (size_t)arenas);
 }

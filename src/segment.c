@@ -3,7 +3,8 @@
  *
  * Layer: below heap.c and page.c, above depot.c and os.c.
  * Shared state: segment->xowner and segment->xfull_freed are atomics that
- * other threads read or set (see internal.h); everything else here is written
+ * other threads read or set (see internal.h), and so is the purge state,
+ * which purge.c owns; everything else here is written
  * by the segment's owner, or by nobody while the segment sits in the depot.
  */
 #include <errno.h>
@@ -37,7 +38,8 @@ void pn_segment_format(pn_segment_t *segment, pn_page_kind_t kind) {
   segment->page_shift = segment_page_shift[kind];
   segment->page_count = (uint32_t)(PN_SEGMENT_SIZE >> segment->page_shift);
   segment->used_pages = 0;
-  segment->purge_pending = 0;
+  /* The purge state (xpurge_pending, xpurging, xcommitted) is kept: it is in
+   * 64 KiB units, valid for any layout (purge.c). */
   segment->next = segment->prev = NULL;
   pn_atomic_store_relaxed(&segment->xfull_freed, 0);
   memset(segment->pages, 0, sizeof segment->pages);
@@ -60,6 +62,7 @@ pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) {
     pn_segment_map_set(segment, true);
     pn_stat_add(PN_STAT_SEGMENTS_MAPPED, 1);
     pn_stat_add(PN_STAT_BYTES_MAPPED, PN_SEGMENT_SIZE);
+    pn_stat_add(PN_STAT_BYTES_COMMITTED, PN_SEGMENT_HEADER_SIZE); /* stats: the header */
   }
   pn_segment_format(segment, kind);
   return segment;
@@ -95,6 +98,8 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   pn_segment_map_set(segment, true);
   pn_stat_add(PN_STAT_HUGE_MAPPED, 1);
   pn_stat_add(PN_STAT_BYTES_MAPPED, mapping);
+  pn_stat_add(PN_STAT_BYTES_COMMITTED, mapping); /* stats */
+  pn_stat_add(PN_STAT_HUGE_BYTES, page->block_size);
   *block = page->page_start;
   return segment;
 }
@@ -104,20 +109,27 @@ void pn_segment_free_huge(pn_segment_t *segment) {
   segment->cookie = 0;
   pn_stat_add(PN_STAT_HUGE_UNMAPPED, 1);
   pn_stat_sub(PN_STAT_BYTES_MAPPED, segment->mapping_size);
+  pn_stat_sub(PN_STAT_BYTES_COMMITTED, segment->mapping_size); /* stats */
+  pn_stat_sub(PN_STAT_HUGE_BYTES, segment->pages[0].block_size);
   pn_os_free(segment, segment->mapping_size);
 }
 
 /* Take an unused page of `segment` (the caller checked used_pages <
- * page_count). Owner only. */
+ * page_count). Returns NULL in the rare case that a purger is giving every
+ * unused page's memory back at this moment (pn_purge_page_take; never for a
+ * segment whose pages were never released, such as a pool's). Owner only. */
 pn_page_t *pn_segment_page_take(pn_segment_t *segment) {
+  bool unused = false;
   for (uint32_t i = 0; i < segment->page_count; i++) {
     pn_page_t *page = &segment->pages[i];
     if (page->block_size == 0) {
+      unused = true;
+      if (!pn_purge_page_take(segment, page)) continue; /* being purged: another one */
       segment->used_pages++;
-      segment->purge_pending &= ~((uint64_t)1 << i); /* reused before its purge */
       return page;
     }
   }
+  if (unused) return NULL;
   pn_fatal("segment %p: no unused page though used_pages is %u of %u", (void *)segment,
            segment->used_pages, segment->page_count);
 }
@@ -131,39 +143,11 @@ void pn_segment_page_release(pn_segment_t *segment, pn_page_t *page) {
   memset(page, 0, sizeof *page);
   page->index = index;
   segment->used_pages--;
-  segment->purge_pending |= (uint64_t)1 << index;
-  segment->purge_at_ns[index] = pn_clock_now_ns() + pn_purge_delay_ns;
+  pn_purge_page_release(segment, index); /* its units wait for the purge delay */
 }
-
-uint64_t pn_purge_delay_ns = 10 * 1000 * 1000;
 
 uint64_t pn_clock_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Give back the memory of unused pages whose delay has passed (all of them
- * when `all`), in runs of adjacent pages: one madvise per run. Owner only. */
-void pn_segment_purge_expired(pn_segment_t *segment, uint64_t now, bool all) {
-  uint64_t due = 0;
-  for (uint64_t bits = segment->purge_pending; bits != 0; bits &= bits - 1) {
-    unsigned i = (unsigned)__builtin_ctzll(bits);
-    if (all || segment->purge_at_ns[i] <= now) due |= (uint64_t)1 << i;
-  }
-  segment->purge_pending &= ~due;
-  size_t page_size = (size_t)1 << segment->page_shift;
-  while (due != 0) {
-    unsigned first = (unsigned)__builtin_ctzll(due);
-    unsigned last = first;
-    while (last + 1 < 64 && (due >> (last + 1)) & 1) last++;
-    /* bits first..last; (2 << 63) wraps to 0, so last == 63 works too */
-    due &= ~((((uint64_t)2 << last) - 1) ^ (((uint64_t)1 << first) - 1));
-    uint8_t *start = (uint8_t *)segment + (size_t)first * page_size;
-    uint8_t *end = (uint8_t *)segment + (size_t)(last + 1) * page_size;
-    if (first == 0) start += PN_SEGMENT_FIRST_OFFSET;
-    if (last + 1 == segment->page_count) end -= PN_SEGMENT_GUARD_SIZE;
-    pn_os_purge(start, (size_t)(end - start));
-    pn_stat_add(PN_STAT_PAGES_PURGED, last - first + 1);
-  }
 }
