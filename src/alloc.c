@@ -70,7 +70,7 @@ void pn_free_slow(void *p, const char *fn) {
       pn_fatal("%s(%p): double free (the block is already free: its link word points into its "
                "page; freed from a thread that does not own it; block size %zu)",
                fn, p, page->block_size);
-    pn_page_free_remote(segment, page, block);
+    pn_page_free_remote(segment, page, block, fn);
     pn_stats_remote_free(heap); /* stats.c: into this thread's counters */
   }
 }

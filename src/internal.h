@@ -310,7 +310,8 @@ void pn_page_collect_all(pn_page_t *page) PN_HIDDEN;
 bool pn_page_try_mark_full(pn_page_t *page) PN_HIDDEN;
 void *pn_page_block_start(const pn_page_t *page, const void *p) PN_HIDDEN;
 bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
-void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block) PN_HIDDEN;
+void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
+                         const char *fn) PN_HIDDEN;
 
 /* Free-list links are stored encoded, next ^ page->key (a random value per
  * page), on every list of the page: free, local_free and the thread-free

@@ -246,7 +246,7 @@ PN_NOINLINE static void pool_free_slow(pantry_pool_t *pool, pn_block_t *block) {
   pn_pool_cache_t *cache = pn_pool_cache_get(pool, false);
   if (PN_UNLIKELY(cache == NULL)) {
     pn_segment_t *segment = pn_segment_of(block);
-    pn_page_free_remote(segment, pn_segment_page_of(segment, block), block);
+    pn_page_free_remote(segment, pn_segment_page_of(segment, block), block, "pantry_pool_free");
     pn_atomic_fetch_add_relaxed(&pool->xfrees_lost, 1);
     return;
   }
