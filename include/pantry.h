@@ -783,7 +783,8 @@ PANTRY_API void pantry_stats_print(FILE *out);
  * segments in the depot's cache are unmapped.
  *
  * Without any call, pantry purges an emptied page one purge delay after it
- * emptied (PANTRY_PURGE_DELAY_MS), from a background thread.
+ * emptied (PANTRY_PURGE_DELAY_MS), from a background thread, and at once
+ * when the thread that emptied it holds more than 4 MiB of emptied memory.
  * Thread-safe; takes no lock; blocks for about one grace period of
  * liburcu's urcu-bp flavor, so it must not be called inside an urcu-bp
  * read-side critical section or from a call_rcu callback. */
@@ -798,7 +799,9 @@ PANTRY_API void pantry_collect(bool force);
  *   | PANTRY_VERBOSE        | 0, 1, 2       | 0       | 1: print the options in effect at     |
  *   |                       |               |         | start and rare events (2: more)       |
  *   | PANTRY_PURGE_DELAY_MS | 0 .. 3600000  | 10      | how long an emptied page keeps its    |
- *   |                       |               |         | memory before it goes back to the OS  |
+ *   |                       |               |         | memory before it goes back to the OS; |
+ *   |                       |               |         | beyond 4 MiB of emptied memory per    |
+ *   |                       |               |         | thread, the excess goes back at once  |
  *   | PANTRY_PURGE_THREAD   | 0, 1          | 1       | purge from a background thread, so    |
  *   |                       |               |         | memory comes back with no further     |
  *   |                       |               |         | call (started once pantry maps 8 MiB) |

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 
 PACKAGES="cmake gcc g++ liburcu-dev catch2 libjemalloc2 libtcmalloc-minimal4 libmimalloc2.0
-libtalloc-dev libapr1-dev python3 gnuplot-nox pkg-config"
+libtalloc-dev libapr1-dev python3 gnuplot-nox pkg-config wrk"
 
 # (a) packages: install only what dpkg says is missing
 if [ "${SKIP_APT:-0}" != 1 ] && command -v dpkg >/dev/null 2>&1; then
