@@ -9,8 +9,9 @@
  * fields). Live blocks of a page = used - the remote frees not yet collected
  * (the count packed in xthread_free); blocks on the owner's local lists are
  * not counted as live, since used already excludes them.
- * Arenas: counted only when the report is on (pn_leak_tracking), so create
- * and destroy pay nothing otherwise.
+ * Arenas: counted only when the report is on (pn_leak_tracking, set by
+ * options.c from PANTRY_LEAK_REPORT when the library starts), so create and
+ * destroy pay nothing otherwise.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -97,11 +98,6 @@ static void leak_report(void) {
   }
   uintptr_t arenas = pn_atomic_load_relaxed(&leak_xarenas_live);
   if (arenas != 0) fprintf(stderr, "pantry:   arenas never destroyed: %zu\n", (size_t)arenas);
-}
-
-__attribute__((constructor)) static void leak_init(void) {
-  const char *v = getenv("PANTRY_LEAK_REPORT");
-  pn_leak_tracking = v != NULL && strcmp(v, "1") == 0;
 }
 
 __attribute__((destructor)) static void leak_exit(void) {

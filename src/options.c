@@ -193,6 +193,7 @@ void pn_options_init(void) {
     }
     option_apply(o, v);
   }
+  pn_leak_tracking = pn_atomic_load_relaxed(&option_xleak_report) != 0; /* leak.c */
   extern char **environ;
   for (char **e = environ; e != NULL && *e != NULL; e++)
     if (strncmp(*e, "PANTRY_", 7) == 0) option_warn_unknown(*e);
