@@ -5,16 +5,22 @@
 #   asan     clang, PANTRY_SANITIZE=address,undefined into build-asan/
 #   tsan     clang, PANTRY_SANITIZE=thread into build-tsan/ (with the
 #            suppressions of tests/tsan.supp for liburcu's own calls)
+#   fuzz     clang, PANTRY_BUILD_FUZZ=ON into build-fuzz/: the libFuzzer
+#            target fuzz/pantry_fuzz (ASan+UBSan) runs for a bounded time
+#            on the corpus it keeps in build-fuzz/fuzz/corpus; a crash
+#            leaves its input in build-fuzz/fuzz/ (crash-*)
 # The sanitizer stages skip the LD_PRELOAD tests (label `preload`): preloading
 # an allocator into a sanitized process makes no sense.
 #
 # Environment:
-#   PANTRY_TEST_STAGES   stages to run (default "release asan tsan")
+#   PANTRY_TEST_STAGES   stages to run (default "release asan tsan fuzz")
 #   PANTRY_TEST_JOBS     ctest -j (default 2)
 #   PANTRY_TEST_TIMEOUT  seconds per test (default 900; the tests also carry
 #                        their own TIMEOUT property, PANTRY_TEST_TIMEOUT in CMake)
 #   PANTRY_BUILD_DIR     build directory of the release stage (default build)
-#   PANTRY_ASAN_BUILD_DIR, PANTRY_TSAN_BUILD_DIR   (default build-asan, build-tsan)
+#   PANTRY_ASAN_BUILD_DIR, PANTRY_TSAN_BUILD_DIR, PANTRY_FUZZ_BUILD_DIR
+#                        (default build-asan, build-tsan, build-fuzz)
+#   PANTRY_FUZZ_SECONDS  how long the fuzz stage fuzzes (default 120)
 #   PANTRY_CMAKE_ARGS    extra cmake arguments for every stage
 #   PANTRY_TEST_THREADS, PANTRY_TEST_SCALE   size the stress tests (tests/)
 #   CTEST_ARGS           extra ctest arguments (for example "-R threads")
@@ -23,7 +29,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STAGES=${PANTRY_TEST_STAGES:-release asan tsan}
+STAGES=${PANTRY_TEST_STAGES:-release asan tsan fuzz}
 JOBS=${PANTRY_TEST_JOBS:-2}
 TIMEOUT=${PANTRY_TEST_TIMEOUT:-900}
 USER_CMAKE_ARGS=${PANTRY_CMAKE_ARGS:-}
@@ -67,6 +73,39 @@ run_stage() {
   return 1
 }
 
+# run_fuzz_stage BUILD_DIR: build the libFuzzer target, fuzz for
+# PANTRY_FUZZ_SECONDS; fails on a crash, a leak or a model violation.
+run_fuzz_stage() {
+  local dir=$1 seconds=${PANTRY_FUZZ_SECONDS:-120}
+  local logfile="$dir/fuzz.log" corpus="$dir/fuzz/corpus"
+  log "=== stage fuzz: building $dir"
+  if ! PANTRY_SKIP_INSTALL=1 PANTRY_BUILD_DIR="$dir" \
+    PANTRY_CMAKE_ARGS="$SAN_COMMON -DPANTRY_BUILD_FUZZ=ON -DPANTRY_BUILD_TESTS=OFF $USER_CMAKE_ARGS" \
+    scripts/setup.sh; then
+    SUMMARY+=("stage fuzz: FAIL (build failed)")
+    return 1
+  fi
+  mkdir -p "$corpus"
+  log "=== stage fuzz: $dir/fuzz/pantry_fuzz for $seconds s"
+  local rc=0
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
+    "$dir/fuzz/pantry_fuzz" -max_total_time="$seconds" -max_len=4096 -timeout=60 \
+    -rss_limit_mb=4096 -print_final_stats=1 -artifact_prefix="$dir/fuzz/" "$corpus" \
+    >"$logfile" 2>&1 || rc=$?
+  tail -n 25 "$logfile"
+  local result
+  result=$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$logfile" | tail -n 1 || true)
+  if [ "$rc" -eq 0 ]; then
+    SUMMARY+=("stage fuzz: PASS (${result:-no summary}; corpus $(find "$corpus" -type f | wc -l) inputs)")
+    return 0
+  fi
+  local crash
+  crash=$(grep -oE "Test unit written to [^ ]+" "$logfile" | tail -n 1 || true)
+  SUMMARY+=("stage fuzz: FAIL (exit $rc${crash:+; $crash}; see $logfile)")
+  return 1
+}
+
 SAN_COMMON="-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPANTRY_BUILD_BENCH=OFF"
 
 for stage in $STAGES; do
@@ -81,11 +120,19 @@ for stage in $STAGES; do
       FAILED=1
     ;;
   tsan)
-    TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp} \
+    # die_after_fork=0: the death, fork and OOM tests fork a process in which
+    # liburcu's call_rcu thread (and pantry's workers) run; liburcu's fork
+    # handlers restart that thread in the child, and some children start a
+    # thread of their own. ThreadSanitizer would otherwise kill every such
+    # child (the tests' own time bounds catch a child that hangs).
+    TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:die_after_fork=0:suppressions=$PWD/tests/tsan.supp} \
       run_stage tsan "${PANTRY_TSAN_BUILD_DIR:-build-tsan}" "$SAN_COMMON -DPANTRY_SANITIZE=thread" -LE preload || FAILED=1
     ;;
+  fuzz)
+    run_fuzz_stage "${PANTRY_FUZZ_BUILD_DIR:-build-fuzz}" || FAILED=1
+    ;;
   *)
-    SUMMARY+=("stage $stage: FAIL (unknown stage; known: release asan tsan)")
+    SUMMARY+=("stage $stage: FAIL (unknown stage; known: release asan tsan fuzz)")
     FAILED=1
     ;;
   esac
