@@ -748,8 +748,7 @@ typedef struct pantry_stats {
                                 pages taken and not purged since, huge blocks */
   size_t bytes_resident;     /* resident set of the whole process (/proc/self/statm), 0 if
                                 unknown: pantry's memory and everything else */
-  size_t remote_frees;       /* cumulative: frees of a block by another thread than its owner
-                                (threads that never allocated are not counted) */
+  size_t remote_frees;       /* cumulative: frees of a block by another thread than its owner */
   size_t depot_adoptions;    /* cumulative: segments of exited threads adopted by others */
   size_t purges;             /* cumulative: madvise calls that gave unused pages back */
   size_t bytes_purged;       /* cumulative: bytes those calls gave back */

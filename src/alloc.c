@@ -71,7 +71,10 @@ void pn_free_slow(void *p, const char *fn) {
                "page; freed from a thread that does not own it; block size %zu)",
                fn, p, page->block_size);
     pn_page_free_remote(segment, page, block, fn);
-    pn_stats_remote_free(heap); /* stats.c: into this thread's counters */
+    /* stats.c: into this thread's counters. A thread that only frees gets
+     * its heap here, once, so its counters are its own (no shared atomic). */
+    if (PN_UNLIKELY(heap->is_sentinel)) heap = pn_heap_get_or_init();
+    if (heap != NULL) pn_stats_remote_free(heap);
   }
 }
 

@@ -214,6 +214,21 @@ pn_segment_t *pn_depot_adopt(void) {
   return segment;
 }
 
+/* The whole abandoned stack, linked through segment->next (pop_all: no
+ * ABA, see the top), for the purge thread's tidy (heap.c). */
+pn_segment_t *pn_depot_take_abandoned(void) {
+  if (cds_lfs_empty(&depot_abandoned)) return NULL;
+  struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_abandoned);
+  pn_segment_t *list = NULL;
+  for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
+    next = node->next;
+    pn_segment_t *segment = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
+    segment->next = list;
+    list = segment;
+  }
+  return list;
+}
+
 /* A cached empty segment, or NULL. */
 pn_segment_t *pn_depot_take_cached(void) {
   pn_segment_t *segment = depot_pop_cached();

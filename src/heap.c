@@ -475,7 +475,52 @@ static void heap_purge_maybe(pn_heap_t *heap) {
  * the one kept per size class), purges every unused unit of the heap's
  * segments at once and, when `force`, gives the spare empty segment to the
  * depot. Owner only. */
+/* Segments of exited threads wait in the depot until a thread needs memory,
+ * while other threads go on freeing their blocks. The purge thread calls
+ * this, every purge delay while any wait: it takes the whole abandoned
+ * stack (pop_all: the segments are its own until it pushes them back),
+ * collects each page's remote frees, releases the pages that emptied and
+ * purges them at once, gives empty segments back to the depot, and pushes
+ * the rest back, adoptable as before. So a burst whose threads are gone
+ * gives its memory back with no further call into pantry. */
+bool pn_heap_tidy_abandoned(uint64_t now) {
+  pn_segment_t *list = pn_depot_take_abandoned();
+  bool any_left = false;
+  while (list != NULL) {
+    pn_segment_t *segment = list;
+    list = list->next;
+    segment->next = NULL;
+    for (uint32_t i = 0; i < segment->page_count; i++) {
+      pn_page_t *page = &segment->pages[i];
+      if (page->block_size == 0 || page->pool != NULL) continue;
+      page->flags.x.in_full = 0;
+      pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
+      bool released = page->used == 0;
+      pn_stats_orphan_page(page, page->used, released);
+      if (released) pn_segment_page_release(segment, page);
+    }
+    if (segment->used_pages == 0) {
+      pn_depot_release(segment);
+      continue;
+    }
+    pn_purge_segment(segment, now, true);
+    pn_depot_abandon(segment);
+    any_left = true;
+  }
+  return any_left;
+}
+
 void pn_heap_collect(pn_heap_t *heap, bool force) {
+  /* Segments of exited threads wait in the depot until a thread needs
+   * memory; blocks freed in them since are free but their pages still hold
+   * memory. Adopt them all now: their empty pages and segments go back
+   * below, the rest stays with this heap (bounded, against a depot that
+   * other threads refill as fast as this loop empties it). */
+  for (int i = 0; i < 65536; i++) {
+    pn_segment_t *abandoned = pn_depot_adopt();
+    if (abandoned == NULL) break;
+    heap_adopt(heap, abandoned);
+  }
   heap_reclaim_full(heap);
   for (unsigned bin = 1; bin <= PN_BIN_LARGE_MAX; bin++) {
     pn_page_t *page = heap->queues[bin].first;

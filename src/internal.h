@@ -382,6 +382,7 @@ static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) 
 
 void pn_depot_abandon(pn_segment_t *segment) PN_HIDDEN;
 pn_segment_t *pn_depot_adopt(void) PN_HIDDEN;
+pn_segment_t *pn_depot_take_abandoned(void) PN_HIDDEN;
 void pn_depot_release(pn_segment_t *segment) PN_HIDDEN;
 pn_segment_t *pn_depot_take_cached(void) PN_HIDDEN;
 void pn_depot_collect(bool flush) PN_HIDDEN;
@@ -404,6 +405,9 @@ void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block
 pn_heap_t *pn_heap_get_or_init(void) PN_HIDDEN;
 void pn_process_init(void) PN_HIDDEN;
 /* pantry_collect: return the heap's empty pages and purge its unused ones. */
+/* The purge thread: tidy the segments of exited threads (see heap.c).
+ * Returns whether any stay abandoned (holding live blocks). */
+bool pn_heap_tidy_abandoned(uint64_t now) PN_HIDDEN;
 void pn_heap_collect(pn_heap_t *heap, bool force) PN_HIDDEN;
 
 /* ------------------------------------------------------------------------ */
@@ -482,6 +486,7 @@ pn_heap_stats_t *pn_stats_heap_claim(void) PN_HIDDEN;
 void pn_stats_heap_release(pn_heap_stats_t *stats) PN_HIDDEN;
 void pn_stats_heap_settle(pn_heap_t *heap) PN_HIDDEN;
 void pn_stats_page_adopted(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN;
+void pn_stats_orphan_page(pn_page_t *page, uint32_t used, bool released) PN_HIDDEN;
 void pn_stats_remote_free(pn_heap_t *heap) PN_HIDDEN;
 
 /* Owner-only add (see struct pn_heap_stats): wraps modulo 2^64 on purpose. */

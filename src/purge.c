@@ -430,7 +430,22 @@ static uint64_t purge_thread_pass(void) {
   size_t reserve_units = PURGE_RESERVE >> PN_PURGE_UNIT_SHIFT;
   size_t excess = pending > reserve_units ? pending - reserve_units : 0;
   uint64_t lead = pn_atomic_load_relaxed(&pn_purge_xdelay_ns) / 8;
-  return purge_scan(now + lead, false, &excess, &pending);
+  uint64_t next = purge_scan(now + lead, false, &excess, &pending);
+  /* Segments of exited threads: tidy them while any wait (heap.c,
+   * pn_heap_tidy_abandoned), first after one purge delay, then at doubling
+   * intervals up to a second, so segments that keep live blocks for good
+   * cost a scan a second, not a hundred. Owner: this thread. */
+  static uint64_t tidy_at, tidy_interval;
+  static bool tidy_waiting = true;
+  uint64_t delay = pn_atomic_load_relaxed(&pn_purge_xdelay_ns);
+  if (now >= tidy_at) {
+    tidy_waiting = pn_heap_tidy_abandoned(now);
+    tidy_interval = !tidy_waiting || tidy_interval < delay ? delay : tidy_interval * 2;
+    if (tidy_interval > 1000000000u) tidy_interval = 1000000000u;
+    tidy_at = now + tidy_interval;
+  }
+  if (tidy_waiting && tidy_at < next) next = tidy_at;
+  return next;
 }
 
 static void *purge_thread_main(void *arg) {
@@ -549,8 +564,8 @@ __attribute__((destructor)) static void purge_unload(void) {
 /* ------------------------------------------------------------------------ */
 
 void pantry_collect(bool force) {
-  pn_heap_t *heap = pn_heap_tls;
-  if (!heap->is_sentinel) pn_heap_collect(heap, force);
+  pn_heap_t *heap = pn_heap_get_or_init(); /* NULL while exiting: nothing of its own to collect */
+  if (heap != NULL) pn_heap_collect(heap, force);
   size_t none = 0;
   purge_scan(purge_now_ns(), true, &none, &none);
   pn_depot_collect(force);

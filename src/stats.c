@@ -132,10 +132,18 @@ void pn_stats_page_adopted(pn_heap_t *heap, pn_page_t *page) {
   pn_heap_stat_add(&heap->stats->xpages[page->bin], 1);
 }
 
+/* heap.c's tidy of abandoned segments: a page no heap owns was collected
+ * (and released, if `released`): its counts in the total follow. */
+void pn_stats_orphan_page(pn_page_t *page, uint32_t used, bool released) {
+  pn_atomic_fetch_sub_relaxed(&stats_total.xlive[page->bin], page->stat_used - used);
+  page->stat_used = used;
+  if (released) pn_atomic_fetch_sub_relaxed(&stats_total.xpages[page->bin], 1);
+}
+
 /* alloc.c: a free of another thread's block, counted for the freeing
- * thread. A thread that never allocated has no heap and no counters of its
- * own: its remote frees are not counted (a shared atomic counter here cost
- * 12% of the producer-consumer benchmark, whose consumer only frees). */
+ * thread (alloc.c gives a thread that only frees its heap on its first
+ * remote free; a shared atomic counter here cost 12% of the
+ * producer-consumer benchmark, whose consumer only frees). */
 void pn_stats_remote_free(pn_heap_t *heap) {
   if (PN_LIKELY(heap->stats != NULL)) pn_heap_stat_add(&heap->stats->xremote_frees, 1);
 }

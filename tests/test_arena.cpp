@@ -121,7 +121,7 @@ struct Block {
 
 } // namespace
 
-TEST_CASE("arena: many threads allocate and own in one arena; destroy runs each drop once, "
+TEST_CASE("arena: many threads allocate and own in one arena - destroy runs each drop once - "
           "newest first per thread",
           "[arena]") {
   const unsigned threads = arena_threads();
@@ -456,7 +456,7 @@ TEST_CASE("arena: the limit is enforced and the arena stays usable", "[arena]") 
   pantry_arena_destroy(big);
 }
 
-TEST_CASE("arena: alignment, size 0, bad alignments", "[arena]") {
+TEST_CASE("arena: alignment - size 0 - bad alignments", "[arena]") {
   pantry_arena_t *arena = pantry_arena_create(nullptr);
   REQUIRE(arena != nullptr);
   std::atomic<std::size_t> drops{0};
@@ -551,7 +551,7 @@ TEST_CASE("arena: threads that exit before reset or destroy leave nothing that b
   }
 }
 
-TEST_CASE("arena: a thread pool serves requests, each with its own arena", "[arena]") {
+TEST_CASE("arena: a thread pool serves requests - each with its own arena", "[arena]") {
   const unsigned workers_n = std::min(arena_threads(), 16u);
   const std::size_t requests = 20000 * test_scale();
   pantry_arena_config_t scfg = {};

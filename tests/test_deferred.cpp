@@ -427,12 +427,12 @@ TEST_CASE("deferred: readers walk an RCU list while writers replace nodes (urcu-
   run_list_test(kQsbr, false);
 }
 
-TEST_CASE("deferred: pool objects of an RCU list are dropped once, after the grace period",
+TEST_CASE("deferred: pool objects of an RCU list are dropped once - after the grace period",
           "[deferred][stress][pool]") {
   run_list_test(kMemb, true);
 }
 
-TEST_CASE("deferred: pool objects under QSBR readers are dropped once, after the grace period",
+TEST_CASE("deferred: pool objects under QSBR readers are dropped once - after the grace period",
           "[deferred][stress][pool]") {
   run_list_test(kQsbr, true);
 }
@@ -464,7 +464,7 @@ TEST_CASE("deferred: a reader inside its read-side section holds every deferred 
   REQUIRE(blocks.freed() == blocks.p.size());
 }
 
-TEST_CASE("deferred: the barrier returns at once with nothing pending, and frees NULL "
+TEST_CASE("deferred: the barrier returns at once with nothing pending - and frees NULL "
           "does nothing",
           "[deferred]") {
   pantry_free_deferred(nullptr);
@@ -476,7 +476,7 @@ TEST_CASE("deferred: the barrier returns at once with nothing pending, and frees
   SUCCEED();
 }
 
-TEST_CASE("deferred: blocks of every kind (aligned, large, huge, size 0) are deferred",
+TEST_CASE("deferred: blocks of every kind (aligned - large - huge - size 0) are deferred",
           "[deferred]") {
   std::vector<void *> ps;
   ps.push_back(pantry_malloc(0));
@@ -494,7 +494,7 @@ TEST_CASE("deferred: blocks of every kind (aligned, large, huge, size 0) are def
   SUCCEED();
 }
 
-TEST_CASE("deferred: a partial batch of a live, idle thread is freed after the time bound",
+TEST_CASE("deferred: a partial batch of a live - idle thread is freed after the time bound",
           "[deferred]") {
   SKIP_UNDER_TSAN();
   Blocks blocks(10, 4);

@@ -124,7 +124,7 @@ int child_work(pantry_pool_t *shared_pool, unsigned seed, bool threads_ok) {
 
 } // namespace
 
-TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees; the child "
+TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees the child "
           "allocates and frees and starts a thread and exits cleanly",
           "[stress][fork]") {
   const bool child_threads = children_may_start_threads();

@@ -17,7 +17,7 @@ std::string run_capture(const std::string &command) {
 }
 } // namespace
 
-TEST_CASE("leak report: live blocks, pool objects and arenas at exit", "[leak]") {
+TEST_CASE("leak report: live blocks - pool objects and arenas at exit", "[leak]") {
   std::string quiet = run_capture(std::string(PANTRY_LEAK_CHILD) + " 2>&1");
   CHECK(quiet.find("leak report") == std::string::npos); // off unless asked
   std::string out =

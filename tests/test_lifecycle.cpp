@@ -78,7 +78,7 @@ TEST_CASE("lifecycle: allocations in key destructors after pantry's heap is gone
 #endif
 #endif
 
-TEST_CASE("lifecycle: fork while other threads allocate; the child allocates and exits cleanly",
+TEST_CASE("lifecycle: fork while other threads allocate - the child allocates and exits cleanly",
           "[lifecycle][fork]") {
 #ifdef PANTRY_TEST_TSAN
   WARN("skipped: ThreadSanitizer cannot start threads in the child of a multi-threaded fork");

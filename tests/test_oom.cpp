@@ -307,8 +307,8 @@ void oom_child() {
 
 } // namespace
 
-TEST_CASE("oom: under RLIMIT_AS allocation fails with ENOMEM; pools and arenas stay usable; "
-          "memory comes back",
+TEST_CASE("oom: under RLIMIT_AS allocation fails with ENOMEM and pools and arenas stay usable "
+          "and memory comes back",
           "[oom]") {
   ChildOutcome r = run_child(
       [] {

@@ -34,7 +34,7 @@ bool has(const std::string &s, const char *needle) { return s.find(needle) != st
 
 } // namespace
 
-TEST_CASE("options: every option has a value, read by either of its names", "[options]") {
+TEST_CASE("options: every option has a value - read by either of its names", "[options]") {
   for (const char *name : {"PANTRY_VERBOSE", "PANTRY_PURGE_DELAY_MS", "PANTRY_PURGE_THREAD",
                            "PANTRY_SHOW_STATS", "PANTRY_LEAK_REPORT", "PANTRY_SECURE"}) {
     INFO(name);
@@ -49,7 +49,7 @@ TEST_CASE("options: every option has a value, read by either of its names", "[op
   CHECK((secure == 0 || secure == 1));
 }
 
-TEST_CASE("options: pantry_option_set changes a value; bad ones are refused", "[options]") {
+TEST_CASE("options: pantry_option_set changes a value - bad ones are refused", "[options]") {
   long delay = pantry_option_get("PANTRY_PURGE_DELAY_MS");
   CHECK(pantry_option_set("PANTRY_PURGE_DELAY_MS", "25") == 0);
   CHECK(pantry_option_get("PANTRY_PURGE_DELAY_MS") == 25);
@@ -104,7 +104,7 @@ TEST_CASE("options: a bad value gets a clear message and the default", "[options
   CHECK(!has(out, "pantry: statistics"));
 }
 
-TEST_CASE("options: an unknown PANTRY_* name gets a warning, with the nearest name",
+TEST_CASE("options: an unknown PANTRY_* name gets a warning - with the nearest name",
           "[options]") {
   std::string out = run_with_env({{"PANTRY_PURGE_DELAY", "5"},
                                   {"PANTRY_COMPLETELY_UNRELATED", "1"},

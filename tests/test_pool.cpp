@@ -213,7 +213,7 @@ TEST_CASE("pool: create rejects bad layouts with EINVAL", "[pool]") {
   }
 }
 
-TEST_CASE("pool: alloc, free, stats and visit on one thread", "[pool]") {
+TEST_CASE("pool: alloc - free - stats and visit on one thread", "[pool]") {
   Ledger ledger(100000);
   pantry_pool_config_t cfg = obj_config(&ledger, "single");
   pantry_pool_t *pool = pantry_pool_create(&cfg);
@@ -307,7 +307,7 @@ TEST_CASE("pool: alignments 8 to 4096 and many sizes", "[pool]") {
   }
 }
 
-TEST_CASE("pool: threads hand objects to each other; every init and drop exactly once",
+TEST_CASE("pool: threads hand objects to each other - every init and drop exactly once",
           "[pool][threads]") {
   const unsigned nthreads = pool_threads();
   const std::size_t rounds = 20 * test_scale();
@@ -396,7 +396,7 @@ TEST_CASE("pool: threads hand objects to each other; every init and drop exactly
       FAIL("object " << s2 << " dropped " << int(ledger.dropped[s2].load()) << " times");
 }
 
-TEST_CASE("pool: pages of exited threads are adopted, their remote frees not lost",
+TEST_CASE("pool: pages of exited threads are adopted - their remote frees not lost",
           "[pool][threads]") {
   Ledger ledger(200000);
   pantry_pool_config_t cfg = obj_config(&ledger, "orphans");
@@ -478,7 +478,7 @@ TEST_CASE("pool: a failed init fails the alloc with ENOMEM and is never dropped"
     REQUIRE(ledger.dropped[s].load() == 0);
 }
 
-TEST_CASE("pool: pools reused after destroy; a new pool never sees a dead pool's caches",
+TEST_CASE("pool: pools reused after destroy - a new pool never sees a dead pool's caches",
           "[pool][threads]") {
   // Long-lived threads keep their thread-local caches across pools: every
   // round creates a pool (often at the address of the last one), the threads

@@ -64,7 +64,7 @@ TEST_CASE("stats: the calling thread's blocks are counted exactly", "[stats]") {
   CHECK(after.bytes_allocated == before.bytes_allocated);
 }
 
-TEST_CASE("stats: the size classes cover every request up to 512 KiB, smallest first",
+TEST_CASE("stats: the size classes cover every request up to 512 KiB - smallest first",
           "[stats]") {
   pantry_stats_t s = stats_now();
   CHECK(s.size_classes[0].block_size == 16);
@@ -78,7 +78,7 @@ TEST_CASE("stats: the size classes cover every request up to 512 KiB, smallest f
   }
 }
 
-TEST_CASE("stats: other threads' blocks are counted, exactly once they exit", "[stats]") {
+TEST_CASE("stats: other threads' blocks are counted - exactly once they exit", "[stats]") {
   const std::size_t n = 5000;
   pantry_stats_t before = stats_now();
   std::atomic<int> stage{0};
@@ -140,7 +140,7 @@ TEST_CASE("stats: an abandoned segment's blocks move with it to the adopting thr
     pantry_free(blocks[i]);
 }
 
-TEST_CASE("stats: huge blocks, mapped, committed and resident bytes", "[stats]") {
+TEST_CASE("stats: huge blocks - mapped - committed and resident bytes", "[stats]") {
   pantry_stats_t before = stats_now();
   const std::size_t huge = 3u << 20;
   char *p = static_cast<char *>(pantry_malloc(huge));
@@ -213,7 +213,7 @@ TEST_CASE("stats: PANTRY_SHOW_STATS=1 prints the statistics at exit", "[stats]")
   CHECK(r.output.find("huge") != std::string::npos);
 }
 
-TEST_CASE("collect: emptied memory goes back to the OS, with and without a call",
+TEST_CASE("collect: emptied memory goes back to the OS - with and without a call",
           "[stats][purge]") {
   // Enough to start the purge thread (it starts once 8 MiB are mapped).
   const std::size_t n = 16384 * pantry_test::test_scale();
@@ -292,7 +292,7 @@ TEST_CASE("collect: a thread that only frees does not grow memory", "[stats][pur
   CHECK(peak_mapped <= before.bytes_mapped + (std::size_t)8 * (4u << 20));
 }
 
-TEST_CASE("errors: a program's handler gets the message, and abort still follows",
+TEST_CASE("errors: a program's handler gets the message - and abort still follows",
           "[stats][death]") {
   pantry_test::ChildOutcome r = pantry_test::run_child([] {
     pantry_set_error_handler(

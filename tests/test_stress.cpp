@@ -742,8 +742,8 @@ void print_rss_by_mapping_length() {
 
 } // namespace
 
-TEST_CASE("stress: threads mix malloc blocks and pool objects and arena allocations; no overlap; "
-          "every byte kept; every drop once; RSS back",
+TEST_CASE("stress: threads mix malloc blocks and pool objects and arena allocations with no "
+          "overlap and every byte and drop and the RSS checked",
           "[stress]") {
   const unsigned threads = stress_threads();
   const std::size_t scale = test_scale();
