@@ -214,6 +214,10 @@ pn_segment_t *pn_depot_adopt(void) {
   return segment;
 }
 
+/* Give back a segment taken with pn_depot_take_abandoned (not a new
+ * abandonment: not counted). */
+void pn_depot_return_abandoned(pn_segment_t *segment) { depot_push(&depot_abandoned, segment); }
+
 /* The whole abandoned stack, linked through segment->next (pop_all: no
  * ABA, see the top), for the purge thread's tidy (heap.c). */
 pn_segment_t *pn_depot_take_abandoned(void) {

@@ -504,7 +504,7 @@ bool pn_heap_tidy_abandoned(uint64_t now) {
       continue;
     }
     pn_purge_segment(segment, now, true);
-    pn_depot_abandon(segment);
+    pn_depot_return_abandoned(segment);
     any_left = true;
   }
   return any_left;

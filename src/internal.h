@@ -383,6 +383,7 @@ static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) 
 void pn_depot_abandon(pn_segment_t *segment) PN_HIDDEN;
 pn_segment_t *pn_depot_adopt(void) PN_HIDDEN;
 pn_segment_t *pn_depot_take_abandoned(void) PN_HIDDEN;
+void pn_depot_return_abandoned(pn_segment_t *segment) PN_HIDDEN;
 void pn_depot_release(pn_segment_t *segment) PN_HIDDEN;
 pn_segment_t *pn_depot_take_cached(void) PN_HIDDEN;
 void pn_depot_collect(bool flush) PN_HIDDEN;
