@@ -121,6 +121,21 @@ size_t pantry_usable_size(const void *p) {
 void *pantry_realloc(void *p, size_t size) {
   if (p == NULL) return pn_malloc_inline(size);
   size_t usable = pn_usable_size_checked(p, "pantry_realloc");
+  /* Before the copy reads it: a block that is free already (the same test
+   * as free's; the owner confirms by a scan, another thread trusts the
+   * decoded link, see pn_free_slow). */
+  pn_segment_t *seg = pn_segment_of(p);
+  pn_page_t *pg = pn_segment_page_of(seg, p);
+  if (seg->kind != PN_PAGE_HUGE && pg->pool == NULL) {
+    pn_block_t *block = pg->flags.x.has_aligned ? pn_page_block_start(pg, p) : (pn_block_t *)p;
+    if (PN_UNLIKELY(pn_block_maybe_free(pg, block))) {
+      bool owner = (pn_heap_t *)pn_atomic_load_relaxed(&seg->xowner) == pn_heap_tls;
+      if (!owner || pn_page_contains_free(pg, block))
+        pn_fatal("pantry_realloc(%p): the block is already free (a double free or a use after "
+                 "free; block size %zu)",
+                 p, pg->block_size);
+    }
+  }
   /* In place only when the new size has the block's own size class (or, for
    * a huge block, wastes at most half of it), so that a free_sized or dealloc
    * with the new size still finds the class it expects. */
