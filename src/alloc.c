@@ -35,7 +35,7 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
   if (PN_UNLIKELY(page->block_size == 0 || page->area == 0))
     pn_fatal("%s(%p): double free or invalid pointer (its page holds no blocks)", fn, p);
   if (pn_page_is_block_start(page, p)) return p;
-  if (page->flags.x.has_aligned && (uint8_t *)p >= page->page_start &&
+  if (pn_page_has_aligned(page) && (uint8_t *)p >= page->page_start &&
       (uint8_t *)p < page->page_start + page->area)
     return pn_page_block_start(page, p);
   pn_fatal("%s(%p): pointer into the middle of a block (block size %zu, page %p)", fn, p,
@@ -127,7 +127,7 @@ void *pantry_realloc(void *p, size_t size) {
   pn_segment_t *seg = pn_segment_of(p);
   pn_page_t *pg = pn_segment_page_of(seg, p);
   if (seg->kind != PN_PAGE_HUGE && pg->pool == NULL) {
-    pn_block_t *block = pg->flags.x.has_aligned ? pn_page_block_start(pg, p) : (pn_block_t *)p;
+    pn_block_t *block = pn_page_has_aligned(pg) ? pn_page_block_start(pg, p) : (pn_block_t *)p;
     if (PN_UNLIKELY(pn_block_maybe_free(pg, block))) {
       bool owner = (pn_heap_t *)pn_atomic_load_relaxed(&seg->xowner) == pn_heap_tls;
       if (!owner || pn_page_contains_free(pg, block))
@@ -142,7 +142,7 @@ void *pantry_realloc(void *p, size_t size) {
   pn_page_t *page = pn_segment_page_of(pn_segment_of(p), p);
   if (size > 0 && size <= usable &&
       (page->bin == PN_BIN_HUGE ? size >= usable / 2 && size > PN_LARGE_SIZE_MAX
-                                : page->flags.x.has_aligned == 0 && pn_bin(size) == page->bin))
+                                : !pn_page_has_aligned(page) && pn_bin(size) == page->bin))
     return p;
   void *q = pn_malloc_inline(size);
   if (q == NULL) return NULL;
@@ -180,7 +180,7 @@ void *pantry_aligned_alloc(size_t align, size_t size) {
  * does not say (huge blocks, pool objects, pages with aligned blocks). */
 static bool layout_fits_page(const pn_page_t *page, size_t size, size_t align, size_t usable) {
   if (size > usable) return false;
-  if (page->bin == PN_BIN_HUGE || page->pool != NULL || page->flags.x.has_aligned) return true;
+  if (page->bin == PN_BIN_HUGE || page->pool != NULL || pn_page_has_aligned(page)) return true;
   if (pn_bin(size) == page->bin) return true;
   return align > 16 && size + align - 1 <= PN_LARGE_SIZE_MAX && pn_bin(size + align - 1) == page->bin;
 }

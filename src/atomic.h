@@ -118,4 +118,16 @@ static inline bool pn_atomic_cas_strong_acq_rel32(pn_atomic_uint32_t *p, uint32_
                                                  memory_order_acquire);
 }
 
+/* A plain byte that one thread sets and others read while it may change:
+ * relaxed atomic access without an _Atomic type (the byte shares a union
+ * with one the owner reads non-atomically; page->flags in internal.h). */
+
+static inline uint8_t pn_atomic_load_relaxed8(const uint8_t *p) {
+  return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void pn_atomic_store_relaxed8(uint8_t *p, uint8_t v) {
+  __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
 #endif /* PN_ATOMIC_H */

@@ -618,7 +618,7 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
   if (aligned != block) {
     pn_segment_t *segment = pn_segment_of(block);
     pn_page_t *page = pn_segment_page_of(segment, block);
-    if (segment->kind != PN_PAGE_HUGE) page->flags.x.has_aligned = 1;
+    if (segment->kind != PN_PAGE_HUGE) pn_atomic_store_relaxed8(&page->flags.x.has_aligned, 1);
   }
   return aligned;
 }

@@ -161,7 +161,10 @@ typedef struct pn_page {
     uint16_t all; /* owner: the fast free path reads both at once */
     struct {
       uint8_t in_full;     /* owner: parked in the heap's full queue */
-      uint8_t has_aligned; /* owner, set before an interior pointer is handed out */
+      uint8_t has_aligned; /* owner writes, any thread reads: relaxed atomic
+                              (pn_page_has_aligned); set before an interior
+                              pointer is handed out, so whoever frees that
+                              pointer sees it through the handoff */
     } x;
   } flags;
   uint8_t bin;           /* owner (set at format) */
@@ -312,6 +315,12 @@ void *pn_page_block_start(const pn_page_t *page, const void *p) PN_HIDDEN;
 bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) PN_HIDDEN;
+
+/* Whether the page hands out interior pointers of aligned blocks. Any
+ * thread may ask while the owner sets it for another block: relaxed. */
+static inline bool pn_page_has_aligned(const pn_page_t *page) {
+  return pn_atomic_load_relaxed8(&page->flags.x.has_aligned) != 0;
+}
 
 /* Free-list links are stored encoded, next ^ page->key (a random value per
  * page), on every list of the page: free, local_free and the thread-free
