@@ -64,7 +64,7 @@ static const option_t options[] = {
 /* Variables of pantry's own scripts and tests, which share the prefix and
  * are no options of the library: never warned about. */
 static const char *const option_tool_prefixes[] = {
-    "PANTRY_TEST_", "PANTRY_BENCH_", "PANTRY_ASAN_", "PANTRY_TSAN_",
+    "PANTRY_TEST_", "PANTRY_BENCH_", "PANTRY_ASAN_", "PANTRY_TSAN_", "PANTRY_FUZZ_",
     "PANTRY_BUILD_DIR", "PANTRY_CMAKE_ARGS", "PANTRY_SKIP_INSTALL", "PANTRY_SETUP_ONLY_INSTALL",
     "PANTRY_MALLOC_SO", "PANTRY_VALGRIND",
 };

@@ -154,7 +154,10 @@ std::uintptr_t pc_of(void *ucv) {
 
 // ---- the stop protocol ---------------------------------------------------
 
-enum StopState : int { kIdle, kRequested, kLanded, kDeclined, kResumed };
+/* kRequested -> kClaimed (the handler won the CAS) -> kLanded (it has
+ * published who and where) -> kResumed; or kRequested -> kDeclined (not
+ * inside pantry), or -> kIdle (withdrawn by the stopper). */
+enum StopState : int { kIdle, kRequested, kClaimed, kLanded, kDeclined, kResumed };
 std::atomic<int> g_state{kIdle};
 std::atomic<int> g_hold{0}; // futex word: 1 while the stopped thread must wait
 std::atomic<int> g_landed_role{-1};
@@ -176,10 +179,11 @@ void on_stop_signal(int, siginfo_t *, void *ucv) {
   int expected = kRequested;
   std::uintptr_t pc = pc_of(ucv);
   if (t_role >= 0 && in_pantry(pc)) {
-    if (g_state.compare_exchange_strong(expected, kLanded)) {
+    if (g_state.compare_exchange_strong(expected, kClaimed)) {
       g_landed_role.store(t_role);
       g_landed_site.store(t_site);
       g_landed_pc.store(pc);
+      g_state.store(kLanded, std::memory_order_release); // the stopper reads the three above
       while (g_hold.load(std::memory_order_acquire) == 1)
         futex(&g_hold, FUTEX_WAIT_PRIVATE, 1);
       g_state.store(kResumed, std::memory_order_release);
@@ -451,6 +455,8 @@ TEST_CASE("lockfree: a thread stopped anywhere inside pantry never stops the oth
       sleep_ns(20000);
       s = g_state.load();
     }
+    while (s == kClaimed) // claimed: who and where follow at once
+      s = g_state.load(std::memory_order_acquire);
     if (s == kRequested) {
       int expected = kRequested;
       if (g_state.compare_exchange_strong(expected, kIdle)) { // withdrawn
@@ -459,6 +465,8 @@ TEST_CASE("lockfree: a thread stopped anywhere inside pantry never stops the oth
         continue;
       }
       s = expected;
+      while (s == kClaimed)
+        s = g_state.load(std::memory_order_acquire);
     }
     if (s == kDeclined) {
       g_state.store(kIdle);

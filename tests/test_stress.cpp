@@ -747,8 +747,8 @@ TEST_CASE("stress: threads mix malloc blocks and pool objects and arena allocati
           "[stress]") {
   const unsigned threads = stress_threads();
   const std::size_t scale = test_scale();
-  const unsigned generations = 3;
-  const std::size_t ops_per_life = 200 * scale;
+  const unsigned generations = 4;
+  const std::size_t ops_per_life = 250 * scale;
 
   malloc_trim(0);
   const std::size_t rss_start = rss_bytes();
