@@ -1,5 +1,6 @@
 // child_process.hpp - run a piece of a test in a forked child and collect how
-// it ended (for test_misuse.cpp, test_oom.cpp, test_stress.cpp).
+// it ended (for test_death.cpp, test_misuse.cpp, test_oom.cpp, test_pool.cpp,
+// test_stress.cpp).
 //
 // The child's stdout and stderr go to a pipe that the parent reads to the
 // end; the parent waits at most `timeout_s` seconds, then kills the child

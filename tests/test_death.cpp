@@ -11,6 +11,8 @@
 
 #include <pantry.h>
 
+#include "child_process.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -28,62 +30,11 @@
 
 namespace {
 
-struct ChildResult {
-  bool signaled = false;
-  int signal = 0;
-  bool exited = false;
-  int exit_code = 0;
-  std::string output; // the child's stderr and stdout
-};
+using ChildResult = pantry_test::ChildOutcome;
 
-/* Runs `mistake` in a forked child with stderr and stdout going to a pipe. */
-template <class F> ChildResult run_in_child(F mistake) {
-  ChildResult result;
-  int fds[2];
-  if (pipe(fds) != 0)
-    return result;
-  std::fflush(nullptr);
-  pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    return result;
-  }
-  if (pid == 0) {
-    // Catch2's fatal-signal handlers would report from inside the child.
-    std::signal(SIGABRT, SIG_DFL);
-    std::signal(SIGSEGV, SIG_DFL);
-    std::signal(SIGBUS, SIG_DFL);
-    std::signal(SIGILL, SIG_DFL);
-    std::signal(SIGFPE, SIG_DFL);
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    dup2(fds[1], STDOUT_FILENO);
-    close(fds[1]);
-    mistake();
-    std::fprintf(stderr, "[child survived the mistake]\n");
-    std::fflush(nullptr);
-    _exit(0);
-  }
-  close(fds[1]);
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n > 0)
-      result.output.append(buf, static_cast<std::size_t>(n));
-    else if (n == 0 || errno != EINTR)
-      break;
-  }
-  close(fds[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  result.signaled = WIFSIGNALED(status);
-  result.signal = result.signaled ? WTERMSIG(status) : 0;
-  result.exited = WIFEXITED(status);
-  result.exit_code = result.exited ? WEXITSTATUS(status) : 0;
-  return result;
-}
+/* Runs `mistake` in a forked child with stderr and stdout going to a pipe
+ * (child_process.hpp). */
+template <class F> ChildResult run_in_child(F mistake) { return pantry_test::run_child(mistake); }
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
