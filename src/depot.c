@@ -187,9 +187,9 @@ void pn_depot_release(pn_segment_t *segment) {
   if (!cds_lfs_empty(&depot_pending)) {
     struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_pending);
     for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
-      next = node->next;
       pn_segment_t *pending =
           depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
+      next = node->next; /* after the handoff's acquire */
       depot_call_rcu(pending, depot_release_rcu);
     }
   }
@@ -225,8 +225,9 @@ pn_segment_t *pn_depot_take_abandoned(void) {
   struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_abandoned);
   pn_segment_t *list = NULL;
   for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
-    next = node->next;
+    /* The handoff's acquire before the node's link is read (see its comment). */
     pn_segment_t *segment = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
+    next = node->next;
     segment->next = list;
     list = segment;
   }
