@@ -56,18 +56,18 @@
 /* What the command line asked for. */
 struct bench_args {
   const char *workload;
-  unsigned threads;   /* --threads, default 1 */
-  double seconds;     /* --seconds, default 0.5; 0 in --ops mode */
-  uint64_t ops;       /* --ops (total over all threads); 0 in --seconds mode */
-  uint64_t seed;      /* --seed, default 1 */
+  unsigned threads; /* --threads, default 1 */
+  double seconds;   /* --seconds, default 0.5; 0 in --ops mode */
+  uint64_t ops;     /* --ops (total over all threads); 0 in --seconds mode */
+  uint64_t seed;    /* --seed, default 1 */
 };
 
 /* One workload run, shared by the driver and the workload's threads. */
 struct bench_run {
-  struct bench_args args; /* immutable during the run */
-  unsigned threads;       /* set by the workload: threads it really used */
-  _Atomic bool xstop;     /* atomic relaxed: raised at the deadline */
-  _Atomic uint64_t xops;  /* atomic relaxed: ops counted by workers */
+  struct bench_args args;  /* immutable during the run */
+  unsigned threads;        /* set by the workload: threads it really used */
+  _Atomic bool xstop;      /* atomic relaxed: raised at the deadline */
+  _Atomic uint64_t xops;   /* atomic relaxed: ops counted by workers */
   _Atomic int64_t xend_ns; /* atomic relaxed: latest worker end stamp */
   int64_t start_ns;        /* written by bench_gate_open under gate_lock */
 
@@ -99,8 +99,7 @@ void bench_gate_open(struct bench_run *run, unsigned workers);
 void bench_worker_done(struct bench_run *run, uint64_t ops);
 uint64_t bench_quota(const struct bench_run *run, unsigned index, unsigned parts);
 void bench_counter(struct bench_run *run, const char *name, uint64_t value);
-void bench_note(struct bench_run *run, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void bench_note(struct bench_run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 _Noreturn void bench_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void bench_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 void bench_thread_join(pthread_t thread);
@@ -160,9 +159,7 @@ static inline void bench_touch(void *p, unsigned char value) {
 
 /* Read a block's first byte back (volatile) before it is freed; the caller
  * sums the bytes and hands the sum to bench_sink_add once per thread. */
-static inline unsigned bench_consume(const void *p) {
-  return *(const volatile unsigned char *)p;
-}
+static inline unsigned bench_consume(const void *p) { return *(const volatile unsigned char *)p; }
 
 static inline void bench_sink_add(uintptr_t value) {
   atomic_fetch_add_explicit(&bench_sink, value, memory_order_relaxed);

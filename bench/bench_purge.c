@@ -55,11 +55,11 @@ struct worker {
   pthread_t thread;
   unsigned index;
   uint64_t rng;
-  void **burst;     /* this thread's burst blocks */
+  void **burst; /* this thread's burst blocks */
   size_t count;
   void **baseline;
   size_t baseline_count;
-  void **remote;    /* blocks of the previous thread that this one frees */
+  void **remote; /* blocks of the previous thread that this one frees */
   size_t remote_count;
 };
 
@@ -103,13 +103,16 @@ static void sleep_until(int64_t t) {
  * sampling does not disturb the allocator under test). */
 static long rss_kib(void) {
   static long page_kib;
-  if (page_kib == 0) page_kib = sysconf(_SC_PAGESIZE) / 1024;
+  if (page_kib == 0)
+    page_kib = sysconf(_SC_PAGESIZE) / 1024;
   int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
+  if (fd < 0)
+    return -1;
   char buf[128];
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
-  if (n <= 0) return -1;
+  if (n <= 0)
+    return -1;
   buf[n] = '\0';
   const char *p = strchr(buf, ' ');
   return p ? strtol(p + 1, NULL, 10) * page_kib : -1;
@@ -120,16 +123,19 @@ static long rss_kib(void) {
 static void **allocate(uint64_t *rng, size_t bytes, size_t *count) {
   size_t cap = bytes / 64 + 16, n = 0, total = 0;
   void **v = malloc(cap * sizeof *v);
-  if (v == NULL) die("malloc");
+  if (v == NULL)
+    die("malloc");
   while (total < bytes) {
     if (n == cap) {
       cap *= 2;
       v = realloc(v, cap * sizeof *v);
-      if (v == NULL) die("realloc");
+      if (v == NULL)
+        die("realloc");
     }
     size_t size = random_size(rng);
     char *p = malloc(size);
-    if (p == NULL) die("malloc");
+    if (p == NULL)
+      die("malloc");
     memset(p, (int)(n & 0xff) | 1, size);
     v[n++] = p;
     total += size;
@@ -143,9 +149,10 @@ static void *worker_main(void *arg) {
   /* 1. steady state and warm-up */
   w->baseline = allocate(&w->rng, BASELINE_BYTES / args.threads, &w->baseline_count);
   size_t warm_count;
-  void **warm = allocate(&w->rng, (args.mb << 20) / args.threads * args.warmup_pct / 100 + 1,
-                         &warm_count);
-  for (size_t i = 0; i < warm_count; i++) free(warm[i]);
+  void **warm =
+      allocate(&w->rng, (args.mb << 20) / args.threads * args.warmup_pct / 100 + 1, &warm_count);
+  for (size_t i = 0; i < warm_count; i++)
+    free(warm[i]);
   free(warm);
   pthread_barrier_wait(&barrier); /* A: warmed up; main rests, then takes the start RSS */
   pthread_barrier_wait(&barrier); /* B: go */
@@ -157,7 +164,8 @@ static void *worker_main(void *arg) {
   size_t keep = 0;
   struct worker *next = &workers[(w->index + 1) % args.threads];
   next->remote = malloc((w->count + 1) * sizeof(void *));
-  if (next->remote == NULL) die("malloc");
+  if (next->remote == NULL)
+    die("malloc");
   next->remote_count = 0;
   for (size_t i = 0; i < w->count; i++) {
     if (args.threads > 1 && next_random(&w->rng) % 100 < args.remote_pct)
@@ -165,14 +173,17 @@ static void *worker_main(void *arg) {
     else
       w->burst[keep++] = w->burst[i];
   }
-  for (size_t i = 0; i < keep; i++) free(w->burst[i]);
+  for (size_t i = 0; i < keep; i++)
+    free(w->burst[i]);
   pthread_barrier_wait(&barrier); /* E: every thread has handed its remote blocks over */
-  for (size_t i = 0; i < w->remote_count; i++) free(w->remote[i]);
+  for (size_t i = 0; i < w->remote_count; i++)
+    free(w->remote[i]);
   free(w->remote);
   free(w->burst);
   pthread_barrier_wait(&barrier); /* F: freed; the quiet phase starts */
   pthread_barrier_wait(&barrier); /* G: the end */
-  for (size_t i = 0; i < w->baseline_count; i++) free(w->baseline[i]);
+  for (size_t i = 0; i < w->baseline_count; i++)
+    free(w->baseline[i]);
   free(w->baseline);
   return NULL;
 }
@@ -185,17 +196,27 @@ static void usage(void) {
 
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
-    if (i + 1 >= argc) usage();
+    if (i + 1 >= argc)
+      usage();
     unsigned long long v = strtoull(argv[i + 1], NULL, 10);
-    if (strcmp(argv[i], "--mb") == 0) args.mb = v;
-    else if (strcmp(argv[i], "--threads") == 0) args.threads = (unsigned)v;
-    else if (strcmp(argv[i], "--quiet-ms") == 0) args.quiet_ms = (unsigned)v;
-    else if (strcmp(argv[i], "--sample-ms") == 0) args.sample_ms = (unsigned)v;
-    else if (strcmp(argv[i], "--delay-ms") == 0) args.delay_ms = (unsigned)v;
-    else if (strcmp(argv[i], "--remote-pct") == 0) args.remote_pct = (unsigned)v;
-    else if (strcmp(argv[i], "--warmup-pct") == 0) args.warmup_pct = (unsigned)v;
-    else if (strcmp(argv[i], "--seed") == 0) args.seed = v;
-    else usage();
+    if (strcmp(argv[i], "--mb") == 0)
+      args.mb = v;
+    else if (strcmp(argv[i], "--threads") == 0)
+      args.threads = (unsigned)v;
+    else if (strcmp(argv[i], "--quiet-ms") == 0)
+      args.quiet_ms = (unsigned)v;
+    else if (strcmp(argv[i], "--sample-ms") == 0)
+      args.sample_ms = (unsigned)v;
+    else if (strcmp(argv[i], "--delay-ms") == 0)
+      args.delay_ms = (unsigned)v;
+    else if (strcmp(argv[i], "--remote-pct") == 0)
+      args.remote_pct = (unsigned)v;
+    else if (strcmp(argv[i], "--warmup-pct") == 0)
+      args.warmup_pct = (unsigned)v;
+    else if (strcmp(argv[i], "--seed") == 0)
+      args.seed = v;
+    else
+      usage();
     i++;
   }
   if (args.threads < 1 || args.mb < 1 || args.sample_ms < 1 || args.remote_pct > 100 ||
@@ -204,14 +225,16 @@ int main(int argc, char **argv) {
   static long samples[SAMPLES_MAX][2];
   size_t nsamples = 0;
   workers = calloc(args.threads, sizeof *workers);
-  if (workers == NULL) die("calloc");
+  if (workers == NULL)
+    die("calloc");
   pthread_barrier_init(&barrier, NULL, args.threads + 1);
   for (unsigned t = 0; t < args.threads; t++) {
     workers[t].index = t;
     workers[t].rng = args.seed * 1000003u + t;
-    if (pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]) != 0) die("pthread_create");
+    if (pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]) != 0)
+      die("pthread_create");
   }
-  pthread_barrier_wait(&barrier); /* A */
+  pthread_barrier_wait(&barrier);          /* A */
   sleep_until(now_ns() + 200 * 1000000ll); /* let every allocator settle */
   long start = rss_kib();
   int64_t t_burst = now_ns();
@@ -227,25 +250,30 @@ int main(int argc, char **argv) {
   samples[nsamples][0] = 0;
   samples[nsamples++][1] = after_free;
   long at_delay = -1, at_2delay = -1, first_ok_ms = after_free <= start * 11 / 10 ? 0 : -1;
-  for (unsigned k = 1; (uint64_t)k * args.sample_ms <= args.quiet_ms && nsamples < SAMPLES_MAX; k++) {
+  for (unsigned k = 1; (uint64_t)k * args.sample_ms <= args.quiet_ms && nsamples < SAMPLES_MAX;
+       k++) {
     sleep_until(t0 + (int64_t)k * args.sample_ms * 1000000);
     long r = rss_kib();
     long ms = (long)((now_ns() - t0) / 1000000);
     samples[nsamples][0] = (long)k * args.sample_ms;
     samples[nsamples++][1] = r;
-    if (at_delay < 0 && ms >= (long)args.delay_ms) at_delay = r;
-    if (at_2delay < 0 && ms >= 2 * (long)args.delay_ms) at_2delay = r;
-    if (first_ok_ms < 0 && r <= start * 11 / 10) first_ok_ms = (long)k * args.sample_ms;
+    if (at_delay < 0 && ms >= (long)args.delay_ms)
+      at_delay = r;
+    if (at_2delay < 0 && ms >= 2 * (long)args.delay_ms)
+      at_2delay = r;
+    if (first_ok_ms < 0 && r <= start * 11 / 10)
+      first_ok_ms = (long)k * args.sample_ms;
   }
   long end = samples[nsamples - 1][1];
   pthread_barrier_wait(&barrier); /* G */
-  for (unsigned t = 0; t < args.threads; t++) pthread_join(workers[t].thread, NULL);
+  for (unsigned t = 0; t < args.threads; t++)
+    pthread_join(workers[t].thread, NULL);
   printf("{\"workload\":\"burst-free\",\"mb\":%zu,\"threads\":%u,\"remote_pct\":%u,"
          "\"warmup_pct\":%u,\"delay_ms\":%u,\"burst_ms\":%.1f,\"start_kib\":%ld,\"peak_kib\":%ld,"
          "\"after_free_kib\":%ld,\"at_delay_kib\":%ld,\"at_2delay_kib\":%ld,\"end_kib\":%ld,"
          "\"first_within_1_1x_ms\":%ld,\"samples\":[",
-         args.mb, args.threads, args.remote_pct, args.warmup_pct, args.delay_ms, (t_peak - t_burst) / 1e6, start,
-         peak, after_free, at_delay, at_2delay, end, first_ok_ms);
+         args.mb, args.threads, args.remote_pct, args.warmup_pct, args.delay_ms,
+         (t_peak - t_burst) / 1e6, start, peak, after_free, at_delay, at_2delay, end, first_ok_ms);
   for (size_t i = 0; i < nsamples; i++)
     printf("%s[%ld,%ld]", i ? "," : "", samples[i][0], samples[i][1]);
   printf("]}\n");

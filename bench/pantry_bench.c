@@ -125,10 +125,10 @@ static int workload_batch(struct bench_run *run) { return solo_run(run, batch_th
 
 /* ---- server: live set, cross-thread frees, thread churn -------------------- */
 
-#define SERVER_SLOTS 4096u    /* live blocks per worker; a power of two */
-#define SERVER_OUTBOX 32u     /* handed-off blocks sent together */
-#define SERVER_DRAIN_MASK 63u /* drain the inbox every 64 steps */
-#define SERVER_INBOX_CAP 4096u /* blocks waiting in one inbox before senders wait */
+#define SERVER_SLOTS 4096u       /* live blocks per worker; a power of two */
+#define SERVER_OUTBOX 32u        /* handed-off blocks sent together */
+#define SERVER_DRAIN_MASK 63u    /* drain the inbox every 64 steps */
+#define SERVER_INBOX_CAP 4096u   /* blocks waiting in one inbox before senders wait */
 #define SERVER_GENERATION 50000u /* steps per worker thread, +-25% */
 #define SERVER_TAIL 0xA5u
 
@@ -157,20 +157,20 @@ struct server;
  * generation, then starts its successor and exits; the successor joins it
  * first, so exactly one thread at a time touches the fields marked owner. */
 struct server_lane {
-  _Alignas(64) struct server *srv; /* immutable */
-  unsigned index;                  /* immutable */
-  uint64_t rng;                    /* owner */
-  uint64_t quota;                  /* owner: steps left (UINT64_MAX in --seconds mode) */
-  uint32_t serial;                 /* owner: tags handed out */
-  unsigned next_target;            /* owner: round robin over the other lanes */
-  unsigned char *outbox_head;      /* owner: handed-off blocks not yet sent */
-  unsigned char *outbox_tail;      /* owner */
-  unsigned outbox_count;           /* owner */
-  uint64_t handoffs;               /* owner */
-  uint64_t handoff_waits;          /* owner: flushes that met a full inbox */
-  uint64_t generation;             /* owner: threads that have run this lane, minus 1 */
-  pthread_t prev;                  /* written before the successor starts */
-  pthread_t cur;                   /* written by its starter, before the starter exits */
+  _Alignas(64) struct server *srv;        /* immutable */
+  unsigned index;                         /* immutable */
+  uint64_t rng;                           /* owner */
+  uint64_t quota;                         /* owner: steps left (UINT64_MAX in --seconds mode) */
+  uint32_t serial;                        /* owner: tags handed out */
+  unsigned next_target;                   /* owner: round robin over the other lanes */
+  unsigned char *outbox_head;             /* owner: handed-off blocks not yet sent */
+  unsigned char *outbox_tail;             /* owner */
+  unsigned outbox_count;                  /* owner */
+  uint64_t handoffs;                      /* owner */
+  uint64_t handoff_waits;                 /* owner: flushes that met a full inbox */
+  uint64_t generation;                    /* owner: threads that have run this lane, minus 1 */
+  pthread_t prev;                         /* written before the successor starts */
+  pthread_t cur;                          /* written by its starter, before the starter exits */
   struct server_slot slots[SERVER_SLOTS]; /* owner */
 
   /* atomic: other lanes push chains (CAS release), the owner takes the whole
@@ -425,8 +425,8 @@ static int workload_server(struct bench_run *run) {
 
 /* ---- prodcons: every block freed by a thread that did not allocate it ------ */
 
-#define PC_BATCH 64u  /* pointers per queue entry */
-#define PC_QUEUE 64u  /* queue entries; so at most 4096 blocks in flight */
+#define PC_BATCH 64u /* pointers per queue entry */
+#define PC_QUEUE 64u /* queue entries; so at most 4096 blocks in flight */
 
 struct pc_batch {
   unsigned count;
@@ -436,8 +436,8 @@ struct pc_batch {
 struct pc_queue {
   pthread_mutex_t lock; /* a bench lock, not the allocator's */
   pthread_cond_t not_empty, not_full;
-  unsigned head, count;   /* lock */
-  unsigned producers_left; /* lock */
+  unsigned head, count;           /* lock */
+  unsigned producers_left;        /* lock */
   struct pc_batch ring[PC_QUEUE]; /* lock */
 };
 

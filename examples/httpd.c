@@ -26,11 +26,11 @@
  * prints the allocator's statistics at exit.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -62,8 +62,8 @@ static _Thread_local unsigned long served; /* requests this thread answered */
 
 typedef struct conn {
   int fd;
-  size_t in_len;    /* bytes in `in` */
-  char *out;        /* the part of a response not written yet (owned), or NULL */
+  size_t in_len; /* bytes in `in` */
+  char *out;     /* the part of a response not written yet (owned), or NULL */
   size_t out_off, out_len;
   bool close_after; /* "Connection: close", or HTTP/1.0 without keep-alive */
   char in[CONN_BUFFER];
@@ -89,12 +89,14 @@ static pantry_pool_t *conn_pool;
 static void conn_drop(void *obj, void *ctx) {
   (void)ctx;
   conn_t *c = obj;
-  if (c->fd >= 0) close(c->fd);
+  if (c->fd >= 0)
+    close(c->fd);
   pantry_free(c->out);
 }
 
 static void conns_init(void) {
-  pantry_pool_config_t cfg = {.name = "conn", .layout = PANTRY_LAYOUT_OF(conn_t), .drop = conn_drop};
+  pantry_pool_config_t cfg = {
+      .name = "conn", .layout = PANTRY_LAYOUT_OF(conn_t), .drop = conn_drop};
   conn_pool = pantry_pool_create(&cfg);
   if (conn_pool == NULL) {
     perror("pantry_pool_create");
@@ -143,7 +145,8 @@ static void conns_init(void) {}
 static void conns_fini(void) {}
 static conn_t *conn_new(void) { return malloc(sizeof(conn_t)); }
 static void conn_free(conn_t *c) {
-  if (c->fd >= 0) close(c->fd);
+  if (c->fd >= 0)
+    close(c->fd);
   free(c->out);
   free(c);
 }
@@ -169,12 +172,14 @@ static bool scope_begin(scope_t *s) {
 static void *scope_alloc(scope_t *s, size_t n) {
   if (s->count == s->cap) {
     void **grown = realloc(s->blocks, sizeof(void *) * (size_t)s->cap * 2);
-    if (grown == NULL) return NULL;
+    if (grown == NULL)
+      return NULL;
     s->blocks = grown;
     s->cap *= 2;
   }
   void *p = malloc(n);
-  if (p != NULL) s->blocks[s->count++] = p;
+  if (p != NULL)
+    s->blocks[s->count++] = p;
   return p;
 }
 static char *scope_strndup(scope_t *s, const char *p, size_t n) {
@@ -194,8 +199,10 @@ static bool scope_own_fd(scope_t *s, int fd) {
   return true;
 }
 static void scope_end(scope_t *s) {
-  for (int i = 0; i < s->nfds; i++) close(s->fds[i]);
-  for (int i = 0; i < s->count; i++) free(s->blocks[i]);
+  for (int i = 0; i < s->nfds; i++)
+    close(s->fds[i]);
+  for (int i = 0; i < s->count; i++)
+    free(s->blocks[i]);
   free(s->blocks);
 }
 
@@ -210,28 +217,35 @@ static void scope_end(scope_t *s) {
 static bool parse_request(scope_t *s, const char *p, size_t n, request_t *req) {
   const char *end = p + n;
   const char *eol = memmem(p, (size_t)(end - p), "\r\n", 2);
-  if (eol == NULL) return false;
+  if (eol == NULL)
+    return false;
   const char *sp1 = memchr(p, ' ', (size_t)(eol - p));
   const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
-  if (sp1 == NULL || sp2 == NULL) return false;
+  if (sp1 == NULL || sp2 == NULL)
+    return false;
   req->method = scope_strndup(s, p, (size_t)(sp1 - p));
   req->path = scope_strndup(s, sp1 + 1, (size_t)(sp2 - sp1 - 1));
   req->version = scope_strndup(s, sp2 + 1, (size_t)(eol - sp2 - 1));
   req->headers = scope_alloc(s, sizeof(header_t) * MAX_HEADERS);
   req->header_count = 0;
-  if (!req->method || !req->path || !req->version || !req->headers) return false;
+  if (!req->method || !req->path || !req->version || !req->headers)
+    return false;
   for (p = eol + 2; p < end;) {
     eol = memmem(p, (size_t)(end - p), "\r\n", 2);
-    if (eol == NULL || eol == p) break; /* the blank line */
+    if (eol == NULL || eol == p)
+      break; /* the blank line */
     const char *colon = memchr(p, ':', (size_t)(eol - p));
-    if (colon == NULL) return false;
+    if (colon == NULL)
+      return false;
     const char *v = colon + 1;
-    while (v < eol && (*v == ' ' || *v == '\t')) v++;
+    while (v < eol && (*v == ' ' || *v == '\t'))
+      v++;
     if (req->header_count < MAX_HEADERS) {
       header_t *h = &req->headers[req->header_count++];
       h->name = scope_strndup(s, p, (size_t)(colon - p));
       h->value = scope_strndup(s, v, (size_t)(eol - v));
-      if (!h->name || !h->value) return false;
+      if (!h->name || !h->value)
+        return false;
     }
     p = eol + 2;
   }
@@ -240,18 +254,25 @@ static bool parse_request(scope_t *s, const char *p, size_t n, request_t *req) {
 
 static const char *header_get(const request_t *req, const char *name) {
   for (int i = 0; i < req->header_count; i++)
-    if (strcasecmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    if (strcasecmp(req->headers[i].name, name) == 0)
+      return req->headers[i].value;
   return NULL;
 }
 
 static const char *content_type(const char *path) {
   const char *dot = strrchr(path, '.');
-  if (dot == NULL) return "application/octet-stream";
-  if (strcmp(dot, ".html") == 0) return "text/html; charset=utf-8";
-  if (strcmp(dot, ".css") == 0) return "text/css";
-  if (strcmp(dot, ".js") == 0) return "text/javascript";
-  if (strcmp(dot, ".json") == 0) return "application/json";
-  if (strcmp(dot, ".txt") == 0) return "text/plain; charset=utf-8";
+  if (dot == NULL)
+    return "application/octet-stream";
+  if (strcmp(dot, ".html") == 0)
+    return "text/html; charset=utf-8";
+  if (strcmp(dot, ".css") == 0)
+    return "text/css";
+  if (strcmp(dot, ".js") == 0)
+    return "text/javascript";
+  if (strcmp(dot, ".json") == 0)
+    return "application/json";
+  if (strcmp(dot, ".txt") == 0)
+    return "text/plain; charset=utf-8";
   return "application/octet-stream";
 }
 
@@ -259,9 +280,12 @@ static const char *content_type(const char *path) {
 static bool conn_flush(conn_t *c) {
   while (c->out_off < c->out_len) {
     ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno == EAGAIN) return true;
-    if (w <= 0) return false;
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && errno == EAGAIN)
+      return true;
+    if (w <= 0)
+      return false;
     c->out_off += (size_t)w;
   }
   out_free(c->out);
@@ -276,22 +300,28 @@ static bool conn_send(conn_t *c, const char *p, size_t n) {
   if (c->out == NULL) {
     while (n > 0) {
       ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0 && errno == EAGAIN) break;
-      if (w <= 0) return false;
+      if (w < 0 && errno == EINTR)
+        continue;
+      if (w < 0 && errno == EAGAIN)
+        break;
+      if (w <= 0)
+        return false;
       p += w;
       n -= (size_t)w;
     }
-    if (n == 0) return true;
+    if (n == 0)
+      return true;
     c->out = out_alloc(n);
-    if (c->out == NULL) return false;
+    if (c->out == NULL)
+      return false;
     memcpy(c->out, p, n);
     c->out_off = 0;
     c->out_len = n;
     return true;
   }
   char *grown = out_alloc(c->out_len - c->out_off + n);
-  if (grown == NULL) return false;
+  if (grown == NULL)
+    return false;
   memcpy(grown, c->out + c->out_off, c->out_len - c->out_off);
   memcpy(grown + c->out_len - c->out_off, p, n);
   c->out_len = c->out_len - c->out_off + n;
@@ -304,11 +334,11 @@ static bool conn_send(conn_t *c, const char *p, size_t n) {
 static bool send_status(conn_t *c, scope_t *s, int code, const char *reason) {
   size_t cap = 256;
   char *buf = scope_alloc(s, cap);
-  if (buf == NULL) return false;
-  int n = snprintf(buf, cap,
-                   "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s\r\n%s\n",
-                   code, reason, strlen(reason) + 1,
-                   c->close_after ? "Connection: close\r\n" : "", reason);
+  if (buf == NULL)
+    return false;
+  int n = snprintf(
+      buf, cap, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s\r\n%s\n",
+      code, reason, strlen(reason) + 1, c->close_after ? "Connection: close\r\n" : "", reason);
   return conn_send(c, buf, (size_t)n);
 }
 
@@ -316,7 +346,8 @@ static bool send_status(conn_t *c, scope_t *s, int code, const char *reason) {
  * file's descriptor are dropped when this returns (scope_end). */
 static bool serve(conn_t *c, const char *p, size_t n) {
   scope_t scope;
-  if (!scope_begin(&scope)) return false;
+  if (!scope_begin(&scope))
+    return false;
   request_t req;
   bool ok;
   if (!parse_request(&scope, p, n, &req)) {
@@ -329,7 +360,8 @@ static bool serve(conn_t *c, const char *p, size_t n) {
   bool http10 = strcmp(req.version, "HTTP/1.0") == 0;
   c->close_after = connection ? strcasecmp(connection, "close") == 0
                               : http10; /* 1.0 closes unless asked not to */
-  if (http10 && connection && strcasecmp(connection, "keep-alive") == 0) c->close_after = false;
+  if (http10 && connection && strcasecmp(connection, "keep-alive") == 0)
+    c->close_after = false;
   bool head = strcmp(req.method, "HEAD") == 0;
   if (!head && strcmp(req.method, "GET") != 0) {
     ok = send_status(c, &scope, 405, "Method Not Allowed");
@@ -365,7 +397,8 @@ static bool serve(conn_t *c, const char *p, size_t n) {
         size_t body = 0;
         while (!head && body < size) {
           ssize_t r = pread(fd, resp + hn + body, size - body, (off_t)body);
-          if (r <= 0) break;
+          if (r <= 0)
+            break;
           body += (size_t)r;
         }
         ok = (head || body == size) && conn_send(c, resp, (size_t)hn + body);
@@ -381,18 +414,24 @@ static bool serve(conn_t *c, const char *p, size_t n) {
 static bool conn_readable(conn_t *c) {
   for (;;) {
     ssize_t r = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && errno == EAGAIN) break;
-    if (r <= 0) return false;
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0 && errno == EAGAIN)
+      break;
+    if (r <= 0)
+      return false;
     c->in_len += (size_t)r;
     for (;;) {
       char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
-      if (end == NULL) break;
+      if (end == NULL)
+        break;
       size_t n = (size_t)(end + 4 - c->in);
-      if (!serve(c, c->in, n)) return false;
+      if (!serve(c, c->in, n))
+        return false;
       memmove(c->in, c->in + n, c->in_len - n);
       c->in_len -= n;
-      if (c->close_after) return c->out != NULL; /* close once written */
+      if (c->close_after)
+        return c->out != NULL; /* close once written */
     }
     if (c->in_len == sizeof c->in) { /* a head larger than the buffer */
       c->close_after = true;
@@ -419,7 +458,8 @@ struct worker {
 
 static int listen_on(const char *address, int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
+  if (fd < 0)
+    return -1;
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
@@ -450,7 +490,8 @@ static void *worker_main(void *arg) {
       if (c == NULL) { /* the listening socket */
         for (;;) {
           int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-          if (fd < 0) break;
+          if (fd < 0)
+            break;
           int one = 1;
           setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
           conn_t *nc = conn_new();
@@ -465,16 +506,22 @@ static void *worker_main(void *arg) {
           nc->close_after = false;
           struct epoll_event cev = {.events = EPOLLIN | EPOLLOUT | EPOLLET | EPOLLRDHUP,
                                     .data.ptr = nc};
-          if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) != 0) conn_free(nc);
+          if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) != 0)
+            conn_free(nc);
         }
         continue;
       }
       bool alive = true;
-      if (events[i].events & (EPOLLERR | EPOLLHUP)) alive = false;
-      if (alive && (events[i].events & EPOLLOUT) && c->out != NULL) alive = conn_flush(c);
-      if (alive && (events[i].events & (EPOLLIN | EPOLLRDHUP))) alive = conn_readable(c);
-      if (alive && c->close_after && c->out == NULL) alive = false;
-      if (!alive) conn_close(ep, c);
+      if (events[i].events & (EPOLLERR | EPOLLHUP))
+        alive = false;
+      if (alive && (events[i].events & EPOLLOUT) && c->out != NULL)
+        alive = conn_flush(c);
+      if (alive && (events[i].events & (EPOLLIN | EPOLLRDHUP)))
+        alive = conn_readable(c);
+      if (alive && c->close_after && c->out == NULL)
+        alive = false;
+      if (!alive)
+        conn_close(ep, c);
     }
   }
   w->requests = served;
@@ -489,7 +536,8 @@ static void on_signal(int sig) {
 
 static int cpu_count(void) {
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return CPU_COUNT(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0)
+    return CPU_COUNT(&set);
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (int)n : 1;
 }
@@ -498,16 +546,21 @@ int main(int argc, char **argv) {
   int port = 8080, threads = cpu_count();
   const char *address = "127.0.0.1";
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) port = atoi(argv[++i]);
-    else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
-    else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) root = argv[++i];
-    else if (strcmp(argv[i], "--address") == 0 && i + 1 < argc) address = argv[++i];
+    if (strcmp(argv[i], "--port") == 0 && i + 1 < argc)
+      port = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+      threads = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--root") == 0 && i + 1 < argc)
+      root = argv[++i];
+    else if (strcmp(argv[i], "--address") == 0 && i + 1 < argc)
+      address = argv[++i];
     else {
       fprintf(stderr, "usage: %s [--port N] [--threads N] [--root DIR] [--address A]\n", argv[0]);
       return 2;
     }
   }
-  if (threads < 1) threads = 1;
+  if (threads < 1)
+    threads = 1;
   struct sigaction sa = {.sa_handler = on_signal};
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
@@ -521,7 +574,8 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  for (int t = 0; t < threads; t++) pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]);
+  for (int t = 0; t < threads; t++)
+    pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]);
   printf("httpd (%s): listening on %s:%d, %d threads, root %s\n",
 #ifdef HTTPD_MALLOC
          "malloc",

@@ -396,7 +396,7 @@ PANTRY_API pantry_arena_t *pantry_arena_create(const pantry_arena_config_t *conf
  * stays usable. Thread-safe (any number of threads on one arena); no lock;
  * no atomic unless a new chunk is needed. */
 PANTRY_API PANTRY_MALLOC_ATTR void *pantry_arena_alloc(pantry_arena_t *arena, size_t size,
-                                                      size_t align);
+                                                       size_t align);
 
 /** Register `drop(obj, ctx)` to run when `arena` is reset or destroyed.
  *
@@ -427,12 +427,12 @@ PANTRY_API PANTRY_MALLOC_ATTR char *pantry_arena_strdup(pantry_arena_t *arena, c
 /** Copy at most `n` bytes of `s`, stopping at a NUL, and terminate the copy.
  * Returns NULL with errno ENOMEM as pantry_arena_alloc does. Thread-safe. */
 PANTRY_API PANTRY_MALLOC_ATTR char *pantry_arena_strndup(pantry_arena_t *arena, const char *s,
-                                                        size_t n);
+                                                         size_t n);
 
 /** Copy `size` bytes from `p` into `arena`, aligned to 16 bytes. Returns
  * NULL with errno ENOMEM as pantry_arena_alloc does. Thread-safe. */
 PANTRY_API PANTRY_MALLOC_ATTR void *pantry_arena_memdup(pantry_arena_t *arena, const void *p,
-                                                       size_t size);
+                                                        size_t size);
 
 /** Format like printf into a string allocated in `arena`. Returns NULL with
  * errno ENOMEM (memory) or the error of vsnprintf (EOVERFLOW, EILSEQ).
@@ -449,8 +449,8 @@ PANTRY_API char *pantry_arena_asprintf(pantry_arena_t *arena, const char *fmt, .
  * arena's drops run, newest first; then the memory goes back in one batch.
  * The first chunk and up to 256 KiB of other chunks are kept for reuse (the
  * largest of the resetting arena's own becomes current, so a request like
- * the last one needs no new chunk), the rest returns to the heap. A drop may allocate in, and register drops into,
- * the arena being reset (on the thread running the reset): those drops run
+ * the last one needs no new chunk), the rest returns to the heap. A drop may allocate in, and
+ * register drops into, the arena being reset (on the thread running the reset): those drops run
  * too, in rounds, until none is left, and what they allocated is released
  * with the rest. Reset or destroy of the arena from one of its own drops is
  * diagnosed. `arena` NULL does nothing.
@@ -532,8 +532,8 @@ pantry_arena_alloc_inline_(pantry_arena_t *arena, size_t size, size_t align) {
 static inline int pantry_arena_own_inline_(pantry_arena_t *arena, void *obj, pantry_drop_fn drop,
                                            void *ctx) {
   struct pantry_arena_bump_ *b = pantry_arena_bump_of_(arena);
-  if (__builtin_expect(b != 0 && drop != 0 &&
-                           b->end_ - b->ptr_ >= sizeof(struct pantry_arena_cleanup_), 1)) {
+  if (__builtin_expect(
+          b != 0 && drop != 0 && b->end_ - b->ptr_ >= sizeof(struct pantry_arena_cleanup_), 1)) {
     struct pantry_arena_cleanup_ *cl;
     b->end_ -= sizeof(struct pantry_arena_cleanup_);
     cl = (struct pantry_arena_cleanup_ *)b->end_;
@@ -567,7 +567,8 @@ pantry_arena_new_inline_(pantry_arena_t *arena, pantry_layout_t layout, pantry_d
 
 #define pantry_arena_alloc(arena, size, align) pantry_arena_alloc_inline_(arena, size, align)
 #define pantry_arena_own(arena, obj, drop, ctx) pantry_arena_own_inline_(arena, obj, drop, ctx)
-#define pantry_arena_new(arena, layout, drop, ctx) pantry_arena_new_inline_(arena, layout, drop, ctx)
+#define pantry_arena_new(arena, layout, drop, ctx)                                                 \
+  pantry_arena_new_inline_(arena, layout, drop, ctx)
 #endif /* inline fast paths */
 
 /* ------------------------------------------------------------------------ */

@@ -26,7 +26,8 @@ PN_COLD static void free_invalid(void *p, const char *fn) {
  * handed out and that its page holds blocks. */
 static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void *p,
                                    const char *fn) {
-  if (PN_UNLIKELY(!pn_segment_is_valid(segment))) free_invalid(p, fn);
+  if (PN_UNLIKELY(!pn_segment_is_valid(segment)))
+    free_invalid(p, fn);
   /* racy: block_size is written by the owner before any block of the page
    * is handed out and cleared only after all came back; a legitimate free
    * always sees it set. */
@@ -34,7 +35,8 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
    * no block of it is handed out; a legitimate free never sees that. */
   if (PN_UNLIKELY(page->block_size == 0 || page->area == 0))
     pn_fatal("%s(%p): double free or invalid pointer (its page holds no blocks)", fn, p);
-  if (pn_page_is_block_start(page, p)) return p;
+  if (pn_page_is_block_start(page, p))
+    return p;
   if (pn_page_has_aligned(page) && (uint8_t *)p >= page->page_start &&
       (uint8_t *)p < page->page_start + page->area)
     return pn_page_block_start(page, p);
@@ -43,8 +45,10 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
 }
 
 void pn_free_slow(void *p, const char *fn) {
-  if (p == NULL) return;
-  if (PN_UNLIKELY(!pn_segment_map_contains(p))) free_invalid(p, fn);
+  if (p == NULL)
+    return;
+  if (PN_UNLIKELY(!pn_segment_map_contains(p)))
+    free_invalid(p, fn);
   pn_segment_t *segment = pn_segment_of(p);
   pn_page_t *page = pn_segment_page_of(segment, p);
   if (segment->kind == PN_PAGE_HUGE) {
@@ -56,7 +60,8 @@ void pn_free_slow(void *p, const char *fn) {
   }
   pn_block_t *block = free_find_block(segment, page, p, fn);
   /* A pool object (its segment has no heap owner, so it always lands here). */
-  if (PN_UNLIKELY(page->pool != NULL)) pn_pool_misfree(page->pool, p, fn);
+  if (PN_UNLIKELY(page->pool != NULL))
+    pn_pool_misfree(page->pool, p, fn);
   pn_heap_t *heap = pn_heap_tls;
   if ((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap)
     pn_heap_free_local_slow(heap, page, block, fn);
@@ -73,8 +78,10 @@ void pn_free_slow(void *p, const char *fn) {
     pn_page_free_remote(segment, page, block, fn);
     /* stats.c: into this thread's counters. A thread that only frees gets
      * its heap here, once, so its counters are its own (no shared atomic). */
-    if (PN_UNLIKELY(heap->is_sentinel)) heap = pn_heap_get_or_init();
-    if (heap != NULL) pn_stats_remote_free(heap);
+    if (PN_UNLIKELY(heap->is_sentinel))
+      heap = pn_heap_get_or_init();
+    if (heap != NULL)
+      pn_stats_remote_free(heap);
   }
 }
 
@@ -93,7 +100,8 @@ void *pantry_calloc(size_t count, size_t size) {
     return NULL;
   }
   void *p = pn_malloc_inline(total);
-  if (p != NULL) memset(p, 0, total);
+  if (p != NULL)
+    memset(p, 0, total);
   return p;
 }
 
@@ -101,7 +109,8 @@ void *pantry_calloc(size_t count, size_t size) {
  * free makes (a pointer pantry handed out, into a page that holds blocks, at
  * a block's start); diagnoses and aborts otherwise, naming `fn`. */
 size_t pn_usable_size_checked(const void *p, const char *fn) {
-  if (!pn_segment_map_contains(p)) free_invalid((void *)p, fn);
+  if (!pn_segment_map_contains(p))
+    free_invalid((void *)p, fn);
   pn_segment_t *segment = pn_segment_of(p);
   pn_page_t *page = pn_segment_page_of(segment, p);
   if (segment->kind == PN_PAGE_HUGE) {
@@ -114,12 +123,14 @@ size_t pn_usable_size_checked(const void *p, const char *fn) {
 }
 
 size_t pantry_usable_size(const void *p) {
-  if (p == NULL) return 0;
+  if (p == NULL)
+    return 0;
   return pn_usable_size_checked(p, "pantry_usable_size");
 }
 
 void *pantry_realloc(void *p, size_t size) {
-  if (p == NULL) return pn_malloc_inline(size);
+  if (p == NULL)
+    return pn_malloc_inline(size);
   size_t usable = pn_usable_size_checked(p, "pantry_realloc");
   /* Before the copy reads it: a block that is free already (the same test
    * as free's; the owner confirms by a scan, another thread trusts the
@@ -145,7 +156,8 @@ void *pantry_realloc(void *p, size_t size) {
                                 : !pn_page_has_aligned(page) && pn_bin(size) == page->bin))
     return p;
   void *q = pn_malloc_inline(size);
-  if (q == NULL) return NULL;
+  if (q == NULL)
+    return NULL;
   memcpy(q, p, size < usable ? size : usable);
   pn_free_inline(p, "pantry_realloc");
   return q;
@@ -156,7 +168,8 @@ void *pantry_aligned_alloc(size_t align, size_t size) {
     errno = EINVAL;
     return NULL;
   }
-  if (align <= 16) return pn_malloc_inline(size);
+  if (align <= 16)
+    return pn_malloc_inline(size);
   if (PN_UNLIKELY(align > PN_ALIGN_MAX)) {
     errno = ENOMEM;
     return NULL;
@@ -164,7 +177,8 @@ void *pantry_aligned_alloc(size_t align, size_t size) {
   pn_heap_t *heap = pn_heap_get_or_init();
   if (PN_UNLIKELY(heap == NULL)) { /* the fallback: see heap.c */
     void *block;
-    if (pn_segment_alloc_huge(size, align, &block) == NULL) return NULL;
+    if (pn_segment_alloc_huge(size, align, &block) == NULL)
+      return NULL;
     return block;
   }
   return pn_heap_malloc_aligned(heap, size, align);
@@ -179,19 +193,24 @@ void *pantry_aligned_alloc(size_t align, size_t size) {
  * 16, of the padded size), or any size that fits where the page's class
  * does not say (huge blocks, pool objects, pages with aligned blocks). */
 static bool layout_fits_page(const pn_page_t *page, size_t size, size_t align, size_t usable) {
-  if (size > usable) return false;
-  if (page->bin == PN_BIN_HUGE || page->pool != NULL || pn_page_has_aligned(page)) return true;
-  if (pn_bin(size) == page->bin) return true;
-  return align > 16 && size + align - 1 <= PN_LARGE_SIZE_MAX && pn_bin(size + align - 1) == page->bin;
+  if (size > usable)
+    return false;
+  if (page->bin == PN_BIN_HUGE || page->pool != NULL || pn_page_has_aligned(page))
+    return true;
+  if (pn_bin(size) == page->bin)
+    return true;
+  return align > 16 && size + align - 1 <= PN_LARGE_SIZE_MAX &&
+         pn_bin(size + align - 1) == page->bin;
 }
 
 static void free_sized_checked(void *p, size_t size, size_t align, const char *fn) {
-  if (p == NULL) return;
+  if (p == NULL)
+    return;
   if (PN_UNLIKELY(align == 0 || (align & (align - 1)) != 0))
     pn_fatal("%s(%p, size %zu, align %zu): alignment is not a power of two", fn, p, size, align);
   if (PN_UNLIKELY(((uintptr_t)p & (align - 1)) != 0))
-    pn_fatal("%s(%p, size %zu, align %zu): wrong layout: the pointer is not aligned to %zu", fn,
-             p, size, align, align);
+    pn_fatal("%s(%p, size %zu, align %zu): wrong layout: the pointer is not aligned to %zu", fn, p,
+             size, align, align);
   size_t usable = pn_usable_size_checked(p, fn);
   pn_page_t *page = pn_segment_page_of(pn_segment_of(p), p);
   if (PN_UNLIKELY(!layout_fits_page(page, size, align, usable)))
@@ -201,9 +220,13 @@ static void free_sized_checked(void *p, size_t size, size_t align, const char *f
   pn_free_inline(p, fn);
 }
 
-void pantry_free_sized(void *p, size_t size) { free_sized_checked(p, size, 1, "pantry_free_sized"); }
+void pantry_free_sized(void *p, size_t size) {
+  free_sized_checked(p, size, 1, "pantry_free_sized");
+}
 
-void *pantry_alloc(pantry_layout_t layout) { return pantry_aligned_alloc(layout.align, layout.size); }
+void *pantry_alloc(pantry_layout_t layout) {
+  return pantry_aligned_alloc(layout.align, layout.size);
+}
 
 void pantry_dealloc(void *p, pantry_layout_t layout) {
   free_sized_checked(p, layout.size, layout.align, "pantry_dealloc");

@@ -13,7 +13,8 @@ static inline void *pn_malloc_inline(size_t size) {
   pn_heap_t *heap = pn_heap_tls;
   if (PN_LIKELY(size <= PN_DIRECT_SIZE_MAX)) {
     pn_page_t *page = heap->pages_direct[pn_wsize(size)];
-    if (PN_LIKELY(page->free != NULL)) return pn_page_pop(page);
+    if (PN_LIKELY(page->free != NULL))
+      return pn_page_pop(page);
   }
   return pn_heap_malloc_slow(heap, size);
 }
@@ -42,7 +43,8 @@ static inline void pn_free_inline(void *p, const char *fn) {
       pn_block_release(page, block, fn);
       pn_block_set_next(page, block, page->local_free);
       page->local_free = block;
-      if (PN_UNLIKELY(--page->used == 0)) pn_heap_page_retire(heap, page);
+      if (PN_UNLIKELY(--page->used == 0))
+        pn_heap_page_retire(heap, page);
       return;
     }
   }

@@ -553,7 +553,8 @@ pantry_arena_t *pantry_arena_create(const pantry_arena_config_t *config) {
     return NULL;
   }
   arena->block_size = block_size;
-  if (PN_UNLIKELY(pn_leak_tracking)) pn_leak_arena_created();
+  if (PN_UNLIKELY(pn_leak_tracking))
+    pn_leak_arena_created();
   /* Field by field: a memset of the whole header (rep stos) was 40% of create. */
   arena->head.id_ = pn_arena_id_take();
   arena->parent = cfg.parent;

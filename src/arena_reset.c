@@ -146,7 +146,8 @@ static void arena_rounds(pantry_arena_t *arena, bool destroy, pn_arena_chunk_t *
 
 static void arena_destroy_internal(pantry_arena_t *arena, bool by_parent) {
   arena_busy_enter(arena, "pantry_arena_destroy");
-  if (PN_UNLIKELY(pn_leak_tracking)) pn_leak_arena_destroyed();
+  if (PN_UNLIKELY(pn_leak_tracking))
+    pn_leak_arena_destroyed();
   pn_arena_chunk_t *dead_first = NULL, *dead_other = NULL;
   pn_arena_serial_t *first = &arena->first;
   /* The common shape, as in reset: one thread, no children, no spares but

@@ -62,11 +62,11 @@
 /* Free segments kept mapped (purged) for reuse, at most this many. */
 #define DEPOT_CACHE_MAX 16
 
-static struct __cds_lfs_stack depot_abandoned; /* segments with live blocks */
-static struct __cds_lfs_stack depot_cached;    /* empty segments, purged */
-static struct __cds_lfs_stack depot_pending;  /* releases made from inside liburcu */
-static pn_atomic_uintptr_t depot_xcached_count;    /* atomic relaxed: a bound, not an exact count */
-static _Thread_local bool depot_in_urcu;       /* this thread is inside a liburcu call */
+static struct __cds_lfs_stack depot_abandoned;  /* segments with live blocks */
+static struct __cds_lfs_stack depot_cached;     /* empty segments, purged */
+static struct __cds_lfs_stack depot_pending;    /* releases made from inside liburcu */
+static pn_atomic_uintptr_t depot_xcached_count; /* atomic relaxed: a bound, not an exact count */
+static _Thread_local bool depot_in_urcu;        /* this thread is inside a liburcu call */
 
 /* The handoff edge. liburcu's stack and call_rcu queue order memory with
  * x86 inline assembly (full barriers), which is enough for the hardware but
@@ -81,14 +81,16 @@ static void depot_handoff_give(pn_segment_t *segment) {
 }
 
 static pn_segment_t *depot_handoff_take(pn_segment_t *segment) {
-  if (segment != NULL) (void)pn_atomic_load_acquire(&segment->xdepot_handoffs);
+  if (segment != NULL)
+    (void)pn_atomic_load_acquire(&segment->xdepot_handoffs);
   return segment;
 }
 
 /* Pop one segment of the cache (see the top comment for why RCU). */
 static pn_segment_t *depot_pop_cached(void) {
   /* racy: a plain peek; an empty-looking stack just means "try later". */
-  if (cds_lfs_empty(&depot_cached) || depot_in_urcu) return NULL;
+  if (cds_lfs_empty(&depot_cached) || depot_in_urcu)
+    return NULL;
   depot_in_urcu = true;
   urcu_bp_read_lock();
   struct cds_lfs_node *node = __cds_lfs_pop(&depot_cached);
@@ -154,7 +156,8 @@ void pn_depot_collect(bool flush) {
   depot_in_urcu = true; /* an allocation inside liburcu must not re-enter it */
   urcu_bp_barrier();    /* releases in flight land in the cache first */
   depot_in_urcu = false;
-  if (!flush) return;
+  if (!flush)
+    return;
   while ((segment = depot_pop_cached()) != NULL) {
     pn_atomic_fetch_sub_relaxed(&depot_xcached_count, 1);
     pn_stat_add(PN_STAT_SEGMENTS_FLUSHED, 1);
@@ -187,8 +190,7 @@ void pn_depot_release(pn_segment_t *segment) {
   if (!cds_lfs_empty(&depot_pending)) {
     struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_pending);
     for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
-      pn_segment_t *pending =
-          depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
+      pn_segment_t *pending = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
       next = node->next; /* after the handoff's acquire */
       depot_call_rcu(pending, depot_release_rcu);
     }
@@ -200,9 +202,11 @@ void pn_depot_release(pn_segment_t *segment) {
  * whole stack, keep the first, push the rest back. */
 pn_segment_t *pn_depot_adopt(void) {
   /* racy: a plain peek, as above. */
-  if (cds_lfs_empty(&depot_abandoned)) return NULL;
+  if (cds_lfs_empty(&depot_abandoned))
+    return NULL;
   struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_abandoned);
-  if (head == NULL) return NULL;
+  if (head == NULL)
+    return NULL;
   struct cds_lfs_node *node = &head->node;
   pn_segment_t *segment = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
   struct cds_lfs_node *rest = node->next;
@@ -221,7 +225,8 @@ void pn_depot_return_abandoned(pn_segment_t *segment) { depot_push(&depot_abando
 /* The whole abandoned stack, linked through segment->next (pop_all: no
  * ABA, see the top), for the purge thread's tidy (heap.c). */
 pn_segment_t *pn_depot_take_abandoned(void) {
-  if (cds_lfs_empty(&depot_abandoned)) return NULL;
+  if (cds_lfs_empty(&depot_abandoned))
+    return NULL;
   struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_abandoned);
   pn_segment_t *list = NULL;
   for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {

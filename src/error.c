@@ -33,7 +33,8 @@ void pantry_set_error_handler(pantry_error_fn handler, void *ctx) {
 static void error_write(const char *prefix, const char *text, size_t n) {
   char buf[600];
   size_t p = strlen(prefix);
-  if (n > sizeof buf - p - 1) n = sizeof buf - p - 1;
+  if (n > sizeof buf - p - 1)
+    n = sizeof buf - p - 1;
   memcpy(buf, prefix, p);
   memcpy(buf + p, text, n);
   buf[p + n] = '\n';
@@ -41,7 +42,8 @@ static void error_write(const char *prefix, const char *text, size_t n) {
   const char *out = buf;
   while (left > 0) {
     ssize_t w = write(STDERR_FILENO, out, left);
-    if (w <= 0) break;
+    if (w <= 0)
+      break;
     out += w;
     left -= (size_t)w;
   }
@@ -79,7 +81,8 @@ void pn_warning(const char *fmt, ...) {
 }
 
 void pn_verbose(const char *fmt, ...) {
-  if (pn_atomic_load_relaxed(&pn_option_xverbose) == 0) return;
+  if (pn_atomic_load_relaxed(&pn_option_xverbose) == 0)
+    return;
   va_list ap;
   va_start(ap, fmt);
   error_report(PANTRY_SEVERITY_INFO, fmt, ap);

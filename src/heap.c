@@ -54,36 +54,47 @@ static pthread_key_t heap_key;
 /* Keep pages_direct in step with the first page of `bin`'s queue. */
 static void heap_queue_first_changed(pn_heap_t *heap, unsigned bin) {
   size_t size = pn_bin_size(bin);
-  if (bin >= PN_BIN_HUGE || size > PN_DIRECT_SIZE_MAX) return;
+  if (bin >= PN_BIN_HUGE || size > PN_DIRECT_SIZE_MAX)
+    return;
   size_t lo = bin == 1 ? 0 : pn_wsize(pn_bin_size(bin - 1)) + 1;
   size_t hi = pn_wsize(size);
   pn_page_t *first = heap->queues[bin].first ? heap->queues[bin].first : &pn_page_empty;
-  for (size_t w = lo; w <= hi; w++) heap->pages_direct[w] = first;
+  for (size_t w = lo; w <= hi; w++)
+    heap->pages_direct[w] = first;
 }
 
 static void heap_queue_push_front(pn_heap_t *heap, unsigned q, pn_page_t *page) {
   pn_page_queue_t *pq = &heap->queues[q];
   page->prev = NULL;
   page->next = pq->first;
-  if (pq->first) pq->first->prev = page;
-  else pq->last = page;
+  if (pq->first)
+    pq->first->prev = page;
+  else
+    pq->last = page;
   pq->first = page;
-  if (q != PN_BIN_FULL) heap_queue_first_changed(heap, q);
+  if (q != PN_BIN_FULL)
+    heap_queue_first_changed(heap, q);
 }
 
 static void heap_queue_remove(pn_heap_t *heap, unsigned q, pn_page_t *page) {
   pn_page_queue_t *pq = &heap->queues[q];
   bool was_first = pq->first == page;
-  if (page->prev) page->prev->next = page->next;
-  else pq->first = page->next;
-  if (page->next) page->next->prev = page->prev;
-  else pq->last = page->prev;
+  if (page->prev)
+    page->prev->next = page->next;
+  else
+    pq->first = page->next;
+  if (page->next)
+    page->next->prev = page->prev;
+  else
+    pq->last = page->prev;
   page->next = page->prev = NULL;
-  if (was_first && q != PN_BIN_FULL) heap_queue_first_changed(heap, q);
+  if (was_first && q != PN_BIN_FULL)
+    heap_queue_first_changed(heap, q);
 }
 
 static void heap_queue_move_to_front(pn_heap_t *heap, unsigned q, pn_page_t *page) {
-  if (heap->queues[q].first == page) return;
+  if (heap->queues[q].first == page)
+    return;
   heap_queue_remove(heap, q, page);
   heap_queue_push_front(heap, q, page);
 }
@@ -99,21 +110,26 @@ static void heap_segment_push(pn_heap_t *heap, pn_segment_t *segment, bool front
   segment->prev = NULL;
   if (front || *list == NULL) {
     segment->next = *list;
-    if (*list) (*list)->prev = segment;
+    if (*list)
+      (*list)->prev = segment;
     *list = segment;
     return;
   }
   pn_segment_t *last = *list;
-  while (last->next) last = last->next;
+  while (last->next)
+    last = last->next;
   last->next = segment;
   segment->prev = last;
 }
 
 static void heap_segment_remove(pn_heap_t *heap, pn_segment_t *segment) {
   pn_segment_t **list = &heap->segments[segment->kind];
-  if (segment->prev) segment->prev->next = segment->next;
-  else *list = segment->next;
-  if (segment->next) segment->next->prev = segment->prev;
+  if (segment->prev)
+    segment->prev->next = segment->next;
+  else
+    *list = segment->next;
+  if (segment->next)
+    segment->next->prev = segment->prev;
   segment->next = segment->prev = NULL;
 }
 
@@ -168,7 +184,8 @@ static bool heap_reclaim_full(pn_heap_t *heap) {
   bool any = false;
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
     for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) {
-      if (pn_atomic_load_relaxed(&s->xfull_freed) == 0) continue;
+      if (pn_atomic_load_relaxed(&s->xfull_freed) == 0)
+        continue;
       /* Acquire: matches the release fetch_or in pn_page_free_remote. */
       uintptr_t bits = pn_atomic_exchange_acquire(&s->xfull_freed, 0);
       while (bits) {
@@ -204,17 +221,19 @@ static void heap_adopt(pn_heap_t *heap, pn_segment_t *segment) {
   heap_segment_push(heap, segment, segment->used_pages < segment->page_count);
   for (uint32_t i = 0; i < segment->page_count; i++) {
     pn_page_t *page = &segment->pages[i];
-    if (page->block_size == 0) continue;
+    if (page->block_size == 0)
+      continue;
     page->flags.x.in_full = 0;
     page->next = page->prev = NULL;
     pn_stats_page_adopted(heap, page); /* stats: its counts move to this heap */
-    pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
+    pn_page_collect_all(page);         /* its exchange clears PN_THREAD_FREE_FULL */
     if (page->used == 0) {
       /* Decide before the release: releasing the last page may hand the
        * segment to the depot, after which it is not ours to read. */
       bool last = segment->used_pages == 1;
       heap_page_release(heap, page);
-      if (last) return;
+      if (last)
+        return;
       continue;
     }
     pn_heap_stat_page(heap, page); /* stats */
@@ -239,7 +258,8 @@ static pn_page_t *heap_page_fresh(pn_heap_t *heap, unsigned bin) {
       pn_segment_format(segment, kind);
     } else {
       segment = pn_segment_alloc(kind);
-      if (segment == NULL) return NULL;
+      if (segment == NULL)
+        return NULL;
     }
     pn_atomic_store_relaxed(&segment->xowner, (uintptr_t)heap);
     heap_segment_push(heap, segment, true);
@@ -271,7 +291,8 @@ static pn_page_t *heap_page_fresh(pn_heap_t *heap, unsigned bin) {
 #define PAGE_TRIM_MIN ((size_t)64 * 1024)
 
 static void heap_page_trim(pn_heap_t *heap, pn_page_t *page) {
-  if ((size_t)page->capacity * page->block_size <= PAGE_TRIM_MIN) return;
+  if ((size_t)page->capacity * page->block_size <= PAGE_TRIM_MIN)
+    return;
   page->free = page->local_free = NULL;
   page->capacity = 0;
   page->area = 0;
@@ -282,8 +303,10 @@ static void heap_page_trim(pn_heap_t *heap, pn_page_t *page) {
 /* Before a trimmed page carves blocks again: take its memory back. False
  * while a purger is giving it back right now (use another page). */
 static bool heap_page_untrim(pn_page_t *page) {
-  if (PN_LIKELY(page->area != 0)) return true;
-  if (!pn_purge_page_take(pn_page_segment(page), page)) return false;
+  if (PN_LIKELY(page->area != 0))
+    return true;
+  if (!pn_purge_page_take(pn_page_segment(page), page))
+    return false;
   page->area = (uint32_t)(page->reserved * page->block_size);
   return true;
 }
@@ -299,7 +322,8 @@ static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
         page = next;
         continue;
       }
-      if (page->free == NULL) pn_page_extend(page);
+      if (page->free == NULL)
+        pn_page_extend(page);
       if (page->free != NULL) {
         heap_queue_move_to_front(heap, bin, page);
         return page;
@@ -316,7 +340,8 @@ static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
     /* Nothing in the queue: parked pages that got remote frees, then an
      * abandoned segment (memory of exited threads is reused before new
      * memory is touched), then a fresh page. */
-    if (heap_reclaim_full(heap) && heap->queues[bin].first != NULL) continue;
+    if (heap_reclaim_full(heap) && heap->queues[bin].first != NULL)
+      continue;
     pn_segment_t *abandoned = pn_depot_adopt();
     if (abandoned != NULL) {
       heap_adopt(heap, abandoned);
@@ -333,7 +358,8 @@ static pn_page_t *heap_find_page(pn_heap_t *heap, unsigned bin) {
 
 static void *heap_fallback_alloc(size_t size, size_t align) {
   void *block;
-  if (pn_segment_alloc_huge(size, align, &block) == NULL) return NULL;
+  if (pn_segment_alloc_huge(size, align, &block) == NULL)
+    return NULL;
   pn_stat_add(PN_STAT_FALLBACK_ALLOCS, 1);
   return block;
 }
@@ -346,7 +372,8 @@ static void heap_abandon(pn_heap_t *heap);
 
 static void heap_key_destructor(void *value) {
   pn_heap_t *heap = value;
-  if (heap == NULL || heap->is_sentinel) return;
+  if (heap == NULL || heap->is_sentinel)
+    return;
   pn_heap_tls = &pn_heap_done;
   pn_stat_add(PN_STAT_HEAPS_ABANDONED, 1);
   heap_abandon(heap);
@@ -360,7 +387,8 @@ static void process_fork_child(void) { pn_depot_fork_child(); }
  * thread initialising does not wait; its allocation uses the fallback. */
 void pn_process_init(void) {
   uint32_t state = 0;
-  if (!pn_atomic_cas_strong_acq_rel32(&process_xstate, &state, 1)) return;
+  if (!pn_atomic_cas_strong_acq_rel32(&process_xstate, &state, 1))
+    return;
   heap_tls_initializing = true;
   pn_options_init(); /* options.c: PANTRY_* from the environment, no allocation */
   uintptr_t key = 0;
@@ -382,9 +410,11 @@ __attribute__((constructor)) static void process_init_at_load(void) { pn_process
 static pn_heap_t *heap_create(void) {
   size_t size = (sizeof(pn_heap_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
   pn_heap_t *heap = pn_os_alloc_aligned(size, PN_OS_PAGE_SIZE);
-  if (heap == NULL) return NULL;
+  if (heap == NULL)
+    return NULL;
   memset(heap, 0, sizeof *heap);
-  for (size_t w = 0; w <= PN_DIRECT_WSIZE_MAX; w++) heap->pages_direct[w] = &pn_page_empty;
+  for (size_t w = 0; w <= PN_DIRECT_WSIZE_MAX; w++)
+    heap->pages_direct[w] = &pn_page_empty;
   return heap;
 }
 
@@ -392,11 +422,14 @@ static pn_heap_t *heap_create(void) {
  * use the fallback (pantry initialising, or the thread is exiting). */
 pn_heap_t *pn_heap_get_or_init(void) {
   pn_heap_t *heap = pn_heap_tls;
-  if (PN_LIKELY(!heap->is_sentinel)) return heap;
-  if (heap == &pn_heap_done || heap_tls_initializing) return NULL;
+  if (PN_LIKELY(!heap->is_sentinel))
+    return heap;
+  if (heap == &pn_heap_done || heap_tls_initializing)
+    return NULL;
   if (pn_atomic_load_acquire32(&process_xstate) != 2) {
     pn_process_init();
-    if (pn_atomic_load_acquire32(&process_xstate) != 2) return NULL;
+    if (pn_atomic_load_acquire32(&process_xstate) != 2)
+      return NULL;
   }
   heap_tls_initializing = true;
   heap = heap_create();
@@ -418,7 +451,8 @@ static void heap_abandon(pn_heap_t *heap) {
       pn_segment_t *next = segment->next;
       for (uint32_t i = 0; i < segment->page_count; i++) {
         pn_page_t *page = &segment->pages[i];
-        if (page->block_size == 0) continue;
+        if (page->block_size == 0)
+          continue;
         page->flags.x.in_full = 0;
         pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
         page->next = page->prev = NULL;
@@ -439,7 +473,8 @@ static void heap_abandon(pn_heap_t *heap) {
       segment = next;
     }
   }
-  if (heap->empty_segment) pn_depot_release(heap->empty_segment);
+  if (heap->empty_segment)
+    pn_depot_release(heap->empty_segment);
   pn_stats_heap_release(heap->stats); /* stats: fold this thread's counts into the total */
   size_t size = (sizeof(pn_heap_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
   pn_os_free(heap, size);
@@ -452,12 +487,14 @@ static void heap_abandon(pn_heap_t *heap) {
 /* Every 64th slow path, when pages wait to be purged, look at the clock and
  * purge the pages whose delay has passed. */
 static void heap_purge_maybe(pn_heap_t *heap) {
-  if (PN_LIKELY(heap->purge_pages == 0 || (++heap->slow_count & 63) != 0)) return;
+  if (PN_LIKELY(heap->purge_pages == 0 || (++heap->slow_count & 63) != 0))
+    return;
   uint64_t now = pn_clock_now_ns();
   uint32_t pending = 0;
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
     for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) {
-      if (pn_purge_pending_units(s) == 0) continue;
+      if (pn_purge_pending_units(s) == 0)
+        continue;
       pn_purge_segment(s, now, false);
       pending += pn_purge_pending_units(s);
     }
@@ -492,12 +529,14 @@ bool pn_heap_tidy_abandoned(uint64_t now) {
     segment->next = NULL;
     for (uint32_t i = 0; i < segment->page_count; i++) {
       pn_page_t *page = &segment->pages[i];
-      if (page->block_size == 0 || page->pool != NULL) continue;
+      if (page->block_size == 0 || page->pool != NULL)
+        continue;
       page->flags.x.in_full = 0;
       pn_page_collect_all(page); /* its exchange clears PN_THREAD_FREE_FULL */
       bool released = page->used == 0;
       pn_stats_orphan_page(page, page->used, released);
-      if (released) pn_segment_page_release(segment, page);
+      if (released)
+        pn_segment_page_release(segment, page);
     }
     if (segment->used_pages == 0) {
       pn_depot_release(segment);
@@ -518,7 +557,8 @@ void pn_heap_collect(pn_heap_t *heap, bool force) {
    * other threads refill as fast as this loop empties it). */
   for (int i = 0; i < 65536; i++) {
     pn_segment_t *abandoned = pn_depot_adopt();
-    if (abandoned == NULL) break;
+    if (abandoned == NULL)
+      break;
     heap_adopt(heap, abandoned);
   }
   heap_reclaim_full(heap);
@@ -537,7 +577,8 @@ void pn_heap_collect(pn_heap_t *heap, bool force) {
   }
   uint64_t now = pn_clock_now_ns();
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++)
-    for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) pn_purge_segment(s, now, true);
+    for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next)
+      pn_purge_segment(s, now, true);
   if (heap->empty_segment != NULL) {
     if (force) {
       pn_depot_release(heap->empty_segment);
@@ -559,7 +600,8 @@ void pn_heap_collect(pn_heap_t *heap, bool force) {
 void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
   if (PN_UNLIKELY(heap->is_sentinel)) {
     heap = pn_heap_get_or_init();
-    if (heap == NULL) return heap_fallback_alloc(size, 16);
+    if (heap == NULL)
+      return heap_fallback_alloc(size, 16);
   }
   if (PN_UNLIKELY(size > PN_LARGE_SIZE_MAX)) {
     if (size > PTRDIFF_MAX) {
@@ -567,7 +609,8 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
       return NULL;
     }
     void *block;
-    if (pn_segment_alloc_huge(size, 16, &block) == NULL) return NULL;
+    if (pn_segment_alloc_huge(size, 16, &block) == NULL)
+      return NULL;
     return block;
   }
   heap_purge_maybe(heap);
@@ -601,7 +644,8 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
   size_t padded = size + align - 1;
   if (padded > PN_LARGE_SIZE_MAX) {
     void *block;
-    if (pn_segment_alloc_huge(size, align, &block) == NULL) return NULL;
+    if (pn_segment_alloc_huge(size, align, &block) == NULL)
+      return NULL;
     return block;
   }
   /* The next block of `size`'s class may be aligned already (a class that
@@ -613,12 +657,14 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
   }
   uint8_t *block;
   block = pn_heap_malloc_slow(heap, padded);
-  if (block == NULL) return NULL;
+  if (block == NULL)
+    return NULL;
   uint8_t *aligned = (uint8_t *)(((uintptr_t)block + align - 1) & ~(uintptr_t)(align - 1));
   if (aligned != block) {
     pn_segment_t *segment = pn_segment_of(block);
     pn_page_t *page = pn_segment_page_of(segment, block);
-    if (segment->kind != PN_PAGE_HUGE) pn_atomic_store_relaxed8(&page->flags.x.has_aligned, 1);
+    if (segment->kind != PN_PAGE_HUGE)
+      pn_atomic_store_relaxed8(&page->flags.x.has_aligned, 1);
   }
   return aligned;
 }
@@ -628,7 +674,8 @@ void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) {
  * unmap; otherwise hand it back to its segment. Owner only. */
 void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) {
   pn_heap_stat_page(heap, page); /* stats */
-  if (page->flags.x.in_full) heap_page_unfull(heap, page);
+  if (page->flags.x.in_full)
+    heap_page_unfull(heap, page);
   pn_page_queue_t *pq = &heap->queues[page->bin];
   if (pq->first == page && pq->last == page) {
     heap_page_trim(heap, page); /* kept, but its memory may go after the purge delay */
@@ -640,8 +687,7 @@ void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) {
 
 /* A free by the owner that the fast path did not take: a page in the full
  * state or one with aligned blocks. `block` is the block's start. */
-void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block,
-                             const char *fn) {
+void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block, const char *fn) {
   if (PN_UNLIKELY(page->used == 0))
     pn_fatal("%s(%p): double free (no block of its page is in use; block size %zu)", fn,
              (void *)block, page->block_size);
@@ -658,6 +704,8 @@ void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block
   page->local_free = block;
   page->used--;
   pn_heap_stat_page(heap, page); /* stats */
-  if (page->flags.x.in_full) heap_page_unfull(heap, page);
-  if (page->used == 0) pn_heap_page_retire(heap, page);
+  if (page->flags.x.in_full)
+    heap_page_unfull(heap, page);
+  if (page->used == 0)
+    pn_heap_page_retire(heap, page);
 }

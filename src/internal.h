@@ -18,13 +18,17 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* liburcu: urcu-bp.h first, in a block of its own (clang-format keeps its
+ * order): its map names the bp flavor's call_rcu that call-rcu.h declares. */
+#include <urcu/urcu-bp.h>
+
+#include <urcu/call-rcu.h>
+#include <urcu/lfstack.h>
+
 #include "atomic.h"
 #include "track.h"
 
 /* liburcu is linked, never inlined (no _LGPL_SOURCE): its LGPL code stays in its library. */
-#include <urcu/lfstack.h>
-#include <urcu/urcu-bp.h>
-#include <urcu/call-rcu.h> /* after urcu-bp.h, whose map names its call_rcu */
 
 /* ------------------------------------------------------------------------ */
 /* Build configuration: `if (pn_debug)` keeps every configuration type-checked */
@@ -49,7 +53,8 @@ static const bool pn_secure = PANTRY_SECURE_BUILD;
 /* error.c: diagnostics                                                     */
 /* ------------------------------------------------------------------------ */
 
-_Noreturn void pn_fatal(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
+_Noreturn void pn_fatal(const char *fmt, ...) PN_HIDDEN PN_COLD
+    __attribute__((format(printf, 1, 2)));
 void pn_warning(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
 /* An informational line, only with PANTRY_VERBOSE=1 or more. */
 void pn_verbose(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(printf, 1, 2)));
@@ -66,12 +71,12 @@ void pn_verbose(const char *fmt, ...) PN_HIDDEN PN_COLD __attribute__((format(pr
 #define PN_MEDIUM_PAGE_SHIFT 19 /* 512 KiB pages, 8 per segment */
 #define PN_PAGES_MAX 64
 
-#define PN_SMALL_SIZE_MAX ((size_t)8 * 1024)    /* >= 7 blocks in a small page */
-#define PN_MEDIUM_SIZE_MAX ((size_t)64 * 1024)  /* >= 7 blocks in a medium page */
-#define PN_LARGE_SIZE_MAX ((size_t)512 * 1024)  /* >= 7 blocks in a large page */
-#define PN_DIRECT_SIZE_MAX ((size_t)1024)       /* served by heap->pages_direct */
+#define PN_SMALL_SIZE_MAX ((size_t)8 * 1024)   /* >= 7 blocks in a small page */
+#define PN_MEDIUM_SIZE_MAX ((size_t)64 * 1024) /* >= 7 blocks in a medium page */
+#define PN_LARGE_SIZE_MAX ((size_t)512 * 1024) /* >= 7 blocks in a large page */
+#define PN_DIRECT_SIZE_MAX ((size_t)1024)      /* served by heap->pages_direct */
 #define PN_DIRECT_WSIZE_MAX (PN_DIRECT_SIZE_MAX / 16)
-#define PN_ALIGN_MAX (PN_SEGMENT_SIZE / 2)      /* a huge block's pointer stays in its first 4 MiB */
+#define PN_ALIGN_MAX (PN_SEGMENT_SIZE / 2) /* a huge block's pointer stays in its first 4 MiB */
 
 /* Bins: 1..8 are 16..128 bytes in 16-byte steps; above that, 8 bins per
  * doubling, so a block wastes less than 1/9 (11.2%) of its size. */
@@ -94,7 +99,8 @@ static inline size_t pn_wsize(size_t size) { return (size + 15) >> 4; }
 /* The size class of a request of at most PN_LARGE_SIZE_MAX bytes. */
 static inline unsigned pn_bin(size_t size) {
   size_t wsize = pn_wsize(size);
-  if (wsize <= 8) return wsize == 0 ? 1 : (unsigned)wsize;
+  if (wsize <= 8)
+    return wsize == 0 ? 1 : (unsigned)wsize;
   size_t w = wsize - 1;
   unsigned b = 63u - (unsigned)__builtin_clzl(w); /* b >= 3 */
   return 9u + ((b - 3u) << 3) + (unsigned)((w >> (b - 3u)) & 7u);
@@ -102,15 +108,18 @@ static inline unsigned pn_bin(size_t size) {
 
 /* The block size of a bin, in bytes: the largest request it serves. */
 static inline size_t pn_bin_size(unsigned bin) {
-  if (bin <= 8) return (size_t)bin * 16;
+  if (bin <= 8)
+    return (size_t)bin * 16;
   unsigned k = (bin - 9u) >> 3, i = (bin - 9u) & 7u;
   return (size_t)16 * ((size_t)(9u + i) << k);
 }
 
 static inline pn_page_kind_t pn_bin_kind(unsigned bin) {
   size_t size = pn_bin_size(bin);
-  if (size <= PN_SMALL_SIZE_MAX) return PN_PAGE_SMALL;
-  if (size <= PN_MEDIUM_SIZE_MAX) return PN_PAGE_MEDIUM;
+  if (size <= PN_SMALL_SIZE_MAX)
+    return PN_PAGE_SMALL;
+  if (size <= PN_MEDIUM_SIZE_MAX)
+    return PN_PAGE_MEDIUM;
   return PN_PAGE_LARGE;
 }
 
@@ -138,7 +147,8 @@ typedef struct pn_heap_stats pn_heap_stats_t;
  *               65536 / 16 = 4096 blocks of a small page). */
 #define PN_THREAD_FREE_FULL ((uintptr_t)1)
 #define PN_THREAD_FREE_COUNT_SHIFT 48
-#define PN_THREAD_FREE_PTR_MASK ((((uintptr_t)1 << PN_THREAD_FREE_COUNT_SHIFT) - 1) & ~(uintptr_t)15)
+#define PN_THREAD_FREE_PTR_MASK                                                                    \
+  ((((uintptr_t)1 << PN_THREAD_FREE_COUNT_SHIFT) - 1) & ~(uintptr_t)15)
 
 /* A page: one size class's blocks.
  *
@@ -167,19 +177,19 @@ typedef struct pn_page {
                               pointer sees it through the handoff */
     } x;
   } flags;
-  uint8_t bin;           /* owner (set at format) */
-  uint8_t index;         /* immutable: the page's index in its segment */
-  size_t block_size;     /* set at format, before any block is handed out; 0 = page unused */
-  uint8_t *page_start;   /* set at format: the first block */
-  uint32_t area;         /* set at format: reserved * block_size, in bytes */
-  uint32_t block_shift;  /* block_size == block_odd << block_shift */
+  uint8_t bin;              /* owner (set at format) */
+  uint8_t index;            /* immutable: the page's index in its segment */
+  size_t block_size;        /* set at format, before any block is handed out; 0 = page unused */
+  uint8_t *page_start;      /* set at format: the first block */
+  uint32_t area;            /* set at format: reserved * block_size, in bytes */
+  uint32_t block_shift;     /* block_size == block_odd << block_shift */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
   uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
-  uint32_t stat_used;    /* owner: `used` when the heap's statistics last counted the page (stats.c) */
-  void *pool;            /* set at format: the pool whose objects the page holds, or NULL */
+  uint32_t stat_used; /* owner: `used` when the heap's statistics last counted the page (stats.c) */
+  void *pool;         /* set at format: the pool whose objects the page holds, or NULL */
   pn_atomic_uintptr_t xthread_free; /* atomic: remote frees (CAS push), | PN_THREAD_FREE_FULL */
-  struct pn_page *next;  /* owner: the heap's queue for this bin (or the full queue) */
-  struct pn_page *prev;  /* owner */
+  struct pn_page *next;             /* owner: the heap's queue for this bin (or the full queue) */
+  struct pn_page *prev;             /* owner */
 } pn_page_t;
 
 /* A segment: a PN_SEGMENT_SIZE-aligned mapping. The header (this struct)
@@ -192,35 +202,39 @@ typedef struct pn_page {
  * owner, and goes back to the OS when its block is freed.
  */
 struct pn_segment {
-  uintptr_t cookie;           /* immutable: segment address ^ pn_cookie_key */
-  pn_atomic_uintptr_t xowner; /* atomic: the owning pn_heap_t *, 0 while abandoned or in the depot */
+  uintptr_t cookie; /* immutable: segment address ^ pn_cookie_key */
+  pn_atomic_uintptr_t
+      xowner; /* atomic: the owning pn_heap_t *, 0 while abandoned or in the depot */
   pn_atomic_uintptr_t xfull_freed; /* atomic: bit i = page i left the full state (remote free) */
-  pn_page_kind_t kind;        /* set when the segment is formatted */
-  uint32_t page_shift;        /* set when formatted: log2 of the page size (63 for huge) */
-  uint32_t page_count;        /* set when formatted */
-  uint32_t used_pages;        /* owner: pages with block_size != 0 */
+  pn_page_kind_t kind;             /* set when the segment is formatted */
+  uint32_t page_shift;             /* set when formatted: log2 of the page size (63 for huge) */
+  uint32_t page_count;             /* set when formatted */
+  uint32_t used_pages;             /* owner: pages with block_size != 0 */
   /* Purging (purge.c), in 64 KiB purge units whatever the page size, so a
    * unit's state survives a reformat. Any thread may claim a pending unit:
    * the owner to reuse it, a purger to give it back; the fetch_and on
    * xpurge_pending that clears its bit decides (see purge.c). */
-  pn_atomic_uintptr_t xpurge_pending; /* atomic acq/rel: bit u = unit u is unused and holds memory */
-  pn_atomic_uintptr_t xpurging;       /* atomic acq/rel: bit u = a purger is giving unit u back */
-  pn_atomic_uintptr_t xcommitted;     /* atomic: bit u = unit u was taken and not purged since */
+  pn_atomic_uintptr_t
+      xpurge_pending;             /* atomic acq/rel: bit u = unit u is unused and holds memory */
+  pn_atomic_uintptr_t xpurging;   /* atomic acq/rel: bit u = a purger is giving unit u back */
+  pn_atomic_uintptr_t xcommitted; /* atomic: bit u = unit u was taken and not purged since */
   pn_atomic_uintptr_t xpurge_at_ns[PN_PAGES_MAX]; /* atomic relaxed: when unit u is due */
-  size_t mapping_size;        /* immutable: bytes mapped */
-  struct pn_segment *next;    /* owner: the heap's list of segments of this kind */
-  struct pn_segment *prev;    /* owner */
+  size_t mapping_size;                            /* immutable: bytes mapped */
+  struct pn_segment *next; /* owner: the heap's list of segments of this kind */
+  struct pn_segment *prev; /* owner */
   /* Pools (pool.c); heaps leave these alone. A pool segment has xowner 0. */
-  pn_atomic_uintptr_t xpool_owner; /* atomic relaxed: token of the thread whose pool cache owns it */
-  void *pool_cache;           /* owner (that thread): the pool cache that owns it */
+  pn_atomic_uintptr_t
+      xpool_owner;              /* atomic relaxed: token of the thread whose pool cache owns it */
+  void *pool_cache;             /* owner (that thread): the pool cache that owns it */
   struct pn_segment *pool_next; /* immutable once pushed: the pool's registry of its segments */
   pn_atomic_uintptr_t xdepot_handoffs; /* atomic acq/rel: the C11 edge of every depot handoff */
-  struct cds_lfs_node depot_node; /* depot: link in an lfstack */
-  struct rcu_head rcu_head;   /* depot: deferred push or unmap */
+  struct cds_lfs_node depot_node;      /* depot: link in an lfstack */
+  struct rcu_head rcu_head;            /* depot: deferred push or unmap */
   pn_page_t pages[PN_PAGES_MAX];
 };
 
-#define PN_SEGMENT_HEADER_SIZE ((sizeof(pn_segment_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1))
+#define PN_SEGMENT_HEADER_SIZE                                                                     \
+  ((sizeof(pn_segment_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1))
 /* Secure builds put a PROT_NONE guard page after the header (around the
  * metadata) and one at the end of every segment (between segments). */
 #define PN_SEGMENT_GUARD_SIZE (pn_secure ? PN_OS_PAGE_SIZE : 0)
@@ -249,7 +263,7 @@ struct pn_heap {
   uint32_t purge_pages;                  /* pages released and not yet purged */
   uint32_t slow_count;                   /* slow-path entries, to look at the clock rarely */
   uint64_t adopted;                      /* statistics: segments adopted from the depot */
-  pn_heap_stats_t *stats;                /* owner: this thread's counters (stats.c); NULL in sentinels */
+  pn_heap_stats_t *stats; /* owner: this thread's counters (stats.c); NULL in sentinels */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -272,7 +286,8 @@ void pn_segment_map_set(const pn_segment_t *segment, bool present) PN_HIDDEN;
  * until it is freed, which happens after the caller's free by definition. */
 static inline bool pn_segment_map_contains(const void *p) {
   uintptr_t index = (uintptr_t)p >> PN_SEGMENT_SHIFT;
-  if (PN_UNLIKELY(index >= PN_SEGMENT_MAP_BITS)) return false;
+  if (PN_UNLIKELY(index >= PN_SEGMENT_MAP_BITS))
+    return false;
   return (pn_atomic_load_relaxed(&pn_segment_map[index / 64]) >> (index % 64)) & 1;
 }
 
@@ -361,8 +376,8 @@ static inline pn_block_t *pn_page_pop(pn_page_t *page) {
  * word 1 holds the fill, an allocated block's was cleared by pn_page_pop. */
 static inline void pn_block_release(const pn_page_t *page, pn_block_t *block, const char *fn) {
   if (pn_secure && PN_UNLIKELY(pn_track_is_filled(block)))
-    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; block size %zu)",
-             fn, (void *)block, page->block_size);
+    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; block size %zu)", fn,
+             (void *)block, page->block_size);
   pn_track_free(block, page->block_size, pn_secure);
 }
 
@@ -379,9 +394,11 @@ static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *
  * the divisibility test of Granlund and Montgomery (a multiply, no divide). */
 static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)page->page_start;
-  if (PN_UNLIKELY(off >= page->area)) return false;
+  if (PN_UNLIKELY(off >= page->area))
+    return false;
   uint32_t off32 = (uint32_t)off;
-  if (off32 & ((1u << page->block_shift) - 1)) return false;
+  if (off32 & ((1u << page->block_shift) - 1))
+    return false;
   return (uint32_t)((off32 >> page->block_shift) * page->block_odd_inv) <= page->block_odd_limit;
 }
 
@@ -507,7 +524,8 @@ static inline void pn_heap_stat_add(pn_atomic_uintptr_t *x, uintptr_t n) {
 /* Count what `page` handed out or took back since it was last counted.
  * Called by the owner on slow paths only. */
 static inline void pn_heap_stat_page(pn_heap_t *heap, pn_page_t *page) {
-  if (page->used == page->stat_used) return;
+  if (page->used == page->stat_used)
+    return;
   pn_heap_stat_add(&heap->stats->xlive[page->bin], (uintptr_t)page->used - page->stat_used);
   page->stat_used = page->used;
 }

@@ -50,7 +50,8 @@ static void leak_report(void) {
       size_t index = word * 64 + (size_t)__builtin_ctzl(bits);
       bits &= bits - 1;
       pn_segment_t *segment = (pn_segment_t *)(index << PN_SEGMENT_SHIFT);
-      if (!pn_segment_is_valid(segment)) continue;
+      if (!pn_segment_is_valid(segment))
+        continue;
       if (segment->kind == PN_PAGE_HUGE) {
         huge_blocks++;
         huge_bytes += segment->pages[0].block_size;
@@ -58,12 +59,15 @@ static void leak_report(void) {
       }
       for (uint32_t i = 0; i < segment->page_count; i++) {
         pn_page_t *page = &segment->pages[i];
-        if (page->block_size == 0) continue;
+        if (page->block_size == 0)
+          continue;
         uint32_t live = leak_page_live(page);
-        if (live == 0) continue;
+        if (live == 0)
+          continue;
         if (page->pool != NULL) {
           size_t r = 0;
-          while (r < pool_rows && pools[r].pool != page->pool) r++;
+          while (r < pool_rows && pools[r].pool != page->pool)
+            r++;
           if (r == pool_rows && pool_rows < LEAK_POOLS_MAX)
             pools[pool_rows++] = (leak_pool_row_t){page->pool, 0, 0};
           if (r < pool_rows) {
@@ -91,15 +95,19 @@ static void leak_report(void) {
      * the threads' magazines (pool.c). */
     pantry_pool_stats_t st;
     pantry_pool_stats((pantry_pool_t *)pools[r].pool, &st);
-    if (st.live == 0) continue;
-    fprintf(stderr, "pantry:   pool \"%s\": %zu objects live (%zu bytes), never freed or destroyed\n",
+    if (st.live == 0)
+      continue;
+    fprintf(stderr,
+            "pantry:   pool \"%s\": %zu objects live (%zu bytes), never freed or destroyed\n",
             pantry_pool_name((const pantry_pool_t *)pools[r].pool), (size_t)st.live,
             (size_t)st.live * (size_t)st.object_size);
   }
   uintptr_t arenas = pn_atomic_load_relaxed(&leak_xarenas_live);
-  if (arenas != 0) fprintf(stderr, "pantry:   arenas never destroyed: %zu\n", (size_t)arenas);
+  if (arenas != 0)
+    fprintf(stderr, "pantry:   arenas never destroyed: %zu\n", (size_t)arenas);
 }
 
 __attribute__((destructor)) static void leak_exit(void) {
-  if (pn_leak_tracking) leak_report();
+  if (pn_leak_tracking)
+    leak_report();
 }

@@ -30,15 +30,19 @@ static pn_atomic_uintptr_t option_xleak_report;
 static pn_atomic_uintptr_t option_xsecure = PANTRY_SECURE_BUILD;
 
 typedef enum option_kind { OPTION_BOOL, OPTION_NUMBER } option_kind_t;
-typedef enum option_fixed { OPTION_SETTABLE, OPTION_FIXED_AT_START, OPTION_FIXED_AT_BUILD } option_fixed_t;
+typedef enum option_fixed {
+  OPTION_SETTABLE,
+  OPTION_FIXED_AT_START,
+  OPTION_FIXED_AT_BUILD
+} option_fixed_t;
 
 typedef struct option {
   const char *name;       /* the environment variable */
   const char *short_name; /* also accepted by pantry_option_set and _get, in any case */
   option_kind_t kind;
-  uintptr_t max;          /* values are 0..max */
-  uintptr_t fallback;     /* the default */
-  const char *unit;       /* for messages about numbers */
+  uintptr_t max;      /* values are 0..max */
+  uintptr_t fallback; /* the default */
+  const char *unit;   /* for messages about numbers */
   option_fixed_t fixed;
   pn_atomic_uintptr_t *value;
 } option_t;
@@ -64,9 +68,10 @@ static const option_t options[] = {
 /* Variables of pantry's own scripts and tests, which share the prefix and
  * are no options of the library: never warned about. */
 static const char *const option_tool_prefixes[] = {
-    "PANTRY_TEST_", "PANTRY_BENCH_", "PANTRY_ASAN_", "PANTRY_TSAN_", "PANTRY_FUZZ_",
-    "PANTRY_BUILD_DIR", "PANTRY_CMAKE_ARGS", "PANTRY_SKIP_INSTALL", "PANTRY_SETUP_ONLY_INSTALL",
-    "PANTRY_MALLOC_SO", "PANTRY_VALGRIND",
+    "PANTRY_TEST_",      "PANTRY_BENCH_",       "PANTRY_ASAN_",
+    "PANTRY_TSAN_",      "PANTRY_FUZZ_",        "PANTRY_BUILD_DIR",
+    "PANTRY_CMAKE_ARGS", "PANTRY_SKIP_INSTALL", "PANTRY_SETUP_ONLY_INSTALL",
+    "PANTRY_MALLOC_SO",  "PANTRY_VALGRIND",
 };
 
 /* ------------------------------------------------------------------------ */
@@ -79,24 +84,30 @@ static bool option_parse(const option_t *o, const char *s, uintptr_t *out) {
     static const char *const yes[] = {"1", "true", "yes", "on"};
     static const char *const no[] = {"0", "false", "no", "off"};
     for (size_t i = 0; i < 4; i++) {
-      if (strcasecmp(s, yes[i]) == 0) return *out = 1, true;
-      if (strcasecmp(s, no[i]) == 0) return *out = 0, true;
+      if (strcasecmp(s, yes[i]) == 0)
+        return *out = 1, true;
+      if (strcasecmp(s, no[i]) == 0)
+        return *out = 0, true;
     }
     return false;
   }
-  if (*s == '\0') return false;
+  if (*s == '\0')
+    return false;
   uintptr_t v = 0;
   for (; *s != '\0'; s++) {
-    if (*s < '0' || *s > '9') return false;
+    if (*s < '0' || *s > '9')
+      return false;
     v = v * 10 + (uintptr_t)(*s - '0');
-    if (v > o->max) return false; /* also stops an overflow */
+    if (v > o->max)
+      return false; /* also stops an overflow */
   }
   *out = v;
   return true;
 }
 
 static const option_t *option_find(const char *name) {
-  if (name == NULL) return NULL;
+  if (name == NULL)
+    return NULL;
   for (size_t i = 0; i < OPTION_COUNT; i++)
     if (strcasecmp(name, options[i].name) == 0 || strcasecmp(name, options[i].short_name) == 0)
       return &options[i];
@@ -119,15 +130,18 @@ static void option_apply(const option_t *o, uintptr_t v) {
 static size_t option_distance(const char *a, const char *b) {
   size_t la = strnlen(a, 63), lb = strnlen(b, 63);
   size_t row[64];
-  for (size_t j = 0; j <= lb; j++) row[j] = j;
+  for (size_t j = 0; j <= lb; j++)
+    row[j] = j;
   for (size_t i = 1; i <= la; i++) {
     size_t diag = row[0];
     row[0] = i;
     for (size_t j = 1; j <= lb; j++) {
       size_t up = row[j];
       size_t best = diag + (a[i - 1] != b[j - 1]);
-      if (up + 1 < best) best = up + 1;
-      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      if (up + 1 < best)
+        best = up + 1;
+      if (row[j - 1] + 1 < best)
+        best = row[j - 1] + 1;
       row[j] = best;
       diag = up;
     }
@@ -139,17 +153,21 @@ static size_t option_distance(const char *a, const char *b) {
 static void option_warn_unknown(const char *entry) {
   size_t len = strcspn(entry, "=");
   char name[64];
-  if (len >= sizeof name) len = sizeof name - 1;
+  if (len >= sizeof name)
+    len = sizeof name - 1;
   memcpy(name, entry, len);
   name[len] = '\0';
   for (size_t i = 0; i < sizeof option_tool_prefixes / sizeof option_tool_prefixes[0]; i++)
-    if (strncmp(name, option_tool_prefixes[i], strlen(option_tool_prefixes[i])) == 0) return;
+    if (strncmp(name, option_tool_prefixes[i], strlen(option_tool_prefixes[i])) == 0)
+      return;
   for (size_t i = 0; i < OPTION_COUNT; i++)
-    if (strcmp(name, options[i].name) == 0) return;
+    if (strcmp(name, options[i].name) == 0)
+      return;
   size_t best = 0, best_distance = (size_t)-1;
   for (size_t i = 0; i < OPTION_COUNT; i++) {
     size_t d = option_distance(name, options[i].name);
-    if (d < best_distance) best = i, best_distance = d;
+    if (d < best_distance)
+      best = i, best_distance = d;
   }
   if (best_distance <= 4)
     pn_warning("%s: no such option (did you mean %s?); ignored", name, options[best].name);
@@ -168,7 +186,8 @@ void pn_options_init(void) {
   for (size_t i = 0; i < OPTION_COUNT; i++) {
     const option_t *o = &options[i];
     const char *s = getenv(o->name);
-    if (s == NULL) continue;
+    if (s == NULL)
+      continue;
     uintptr_t v;
     if (!option_parse(o, s, &v)) {
       if (o->kind == OPTION_BOOL)
@@ -196,14 +215,16 @@ void pn_options_init(void) {
   pn_leak_tracking = pn_atomic_load_relaxed(&option_xleak_report) != 0; /* leak.c */
   extern char **environ;
   for (char **e = environ; e != NULL && *e != NULL; e++)
-    if (strncmp(*e, "PANTRY_", 7) == 0) option_warn_unknown(*e);
+    if (strncmp(*e, "PANTRY_", 7) == 0)
+      option_warn_unknown(*e);
   if (pn_atomic_load_relaxed(&pn_option_xverbose) != 0) {
     char line[256];
     size_t n = 0;
     for (size_t i = 0; i < OPTION_COUNT && n < sizeof line; i++) {
       int m = snprintf(line + n, sizeof line - n, "%s%s=%lu", i ? " " : "", options[i].name,
                        (unsigned long)pn_atomic_load_relaxed(options[i].value));
-      if (m > 0) n += (size_t)m;
+      if (m > 0)
+        n += (size_t)m;
     }
     pn_verbose("options: %s", line);
   }
@@ -216,8 +237,10 @@ void pn_options_init(void) {
 int pantry_option_set(const char *name, const char *value) {
   const option_t *o = option_find(name);
   uintptr_t v;
-  if (o == NULL || value == NULL || !option_parse(o, value, &v)) return EINVAL;
-  if (o->fixed != OPTION_SETTABLE) return EPERM;
+  if (o == NULL || value == NULL || !option_parse(o, value, &v))
+    return EINVAL;
+  if (o->fixed != OPTION_SETTABLE)
+    return EPERM;
   option_apply(o, v);
   return 0;
 }

@@ -16,7 +16,8 @@ pn_atomic_uintptr_t pn_segment_map[PN_SEGMENT_MAP_BITS / 64];
 
 void pn_segment_map_set(const pn_segment_t *segment, bool present) {
   uintptr_t index = (uintptr_t)segment >> PN_SEGMENT_SHIFT;
-  if (index >= PN_SEGMENT_MAP_BITS) return; /* never: mmap stays below 2^47 unless hinted */
+  if (index >= PN_SEGMENT_MAP_BITS)
+    return; /* never: mmap stays below 2^47 unless hinted */
   uintptr_t bit = (uintptr_t)1 << (index % 64);
   /* Release on set: a thread that sees the bit (relaxed) only dereferences
    * the segment header for a pointer it obtained through the allocation
@@ -35,8 +36,8 @@ void *pn_os_alloc_aligned(size_t size, size_t align) {
     return NULL;
   }
   size_t span = size + align;
-  uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                    -1, 0);
+  uint8_t *p =
+      mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) {
     errno = ENOMEM;
     return NULL;
@@ -44,13 +45,16 @@ void *pn_os_alloc_aligned(size_t size, size_t align) {
   uint8_t *aligned = (uint8_t *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
   size_t head = (size_t)(aligned - p);
   size_t tail = span - head - size;
-  if (head) munmap(p, head);
-  if (tail) munmap(aligned + size, tail);
+  if (head)
+    munmap(p, head);
+  if (tail)
+    munmap(aligned + size, tail);
   return aligned;
 }
 
 void pn_os_free(void *p, size_t size) {
-  if (munmap(p, size) != 0) pn_warning("munmap(%p, %zu) failed: errno %d", p, size, errno);
+  if (munmap(p, size) != 0)
+    pn_warning("munmap(%p, %zu) failed: errno %d", p, size, errno);
 }
 
 /* Make a range inaccessible: a guard page (secure builds). */
@@ -62,6 +66,7 @@ void pn_os_protect(void *p, size_t size) {
 /* Give the pages back to the kernel; the range stays mapped and reads as
  * zeros when touched again. */
 void pn_os_purge(void *p, size_t size) {
-  if (size == 0) return;
+  if (size == 0)
+    return;
   (void)madvise(p, size, MADV_DONTNEED);
 }

@@ -22,7 +22,8 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
     start += PN_SEGMENT_FIRST_OFFSET;
     page_size -= PN_SEGMENT_FIRST_OFFSET;
   }
-  if (page->index == segment->page_count - 1) page_size -= PN_SEGMENT_GUARD_SIZE;
+  if (page->index == segment->page_count - 1)
+    page_size -= PN_SEGMENT_GUARD_SIZE;
   pn_track_unpoison(start, page_size); /* a page of another size class may have poisoned it */
   page->page_start = start;
   page->block_size = block_size;
@@ -44,7 +45,8 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
   uint32_t shift = (uint32_t)__builtin_ctzl(block_size);
   uint32_t odd = (uint32_t)(block_size >> shift);
   uint32_t inv = odd;
-  for (int i = 0; i < 4; i++) inv *= 2u - odd * inv;
+  for (int i = 0; i < 4; i++)
+    inv *= 2u - odd * inv;
   page->block_shift = shift;
   page->block_odd_inv = inv;
   page->block_odd_limit = UINT32_MAX / odd;
@@ -53,10 +55,13 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
 /* Carve more blocks onto the free list. Owner only; page->free is NULL. */
 void pn_page_extend(pn_page_t *page) {
   uint32_t room = page->reserved - page->capacity;
-  if (room == 0) return;
+  if (room == 0)
+    return;
   uint32_t count = (uint32_t)(PAGE_EXTEND_BYTES / page->block_size);
-  if (count < 1) count = 1;
-  if (count > room) count = room;
+  if (count < 1)
+    count = 1;
+  if (count > room)
+    count = room;
   uint8_t *first = page->page_start + (size_t)page->capacity * page->block_size;
   uint8_t *p = first;
   for (uint32_t i = 0; i + 1 < count; i++) {
@@ -78,14 +83,16 @@ static void page_collect_thread_free(pn_page_t *page) {
   uintptr_t word = pn_atomic_exchange_acquire(&page->xthread_free, 0);
   pn_block_t *head = (pn_block_t *)(word & PN_THREAD_FREE_PTR_MASK);
   uint32_t count = (uint32_t)(word >> PN_THREAD_FREE_COUNT_SHIFT);
-  if (head == NULL) return;
+  if (head == NULL)
+    return;
   if (PN_UNLIKELY(count > page->used))
     pn_fatal("page %p (block size %zu): %u remote frees but only %u blocks in use: a block was "
              "freed twice from another thread",
              (void *)page, page->block_size, count, page->used);
   if (page->free != NULL) { /* rare (abandon, adopt): splice at the tail */
     pn_block_t *tail = head;
-    while (pn_block_next(page, tail) != NULL) tail = pn_block_next(page, tail);
+    while (pn_block_next(page, tail) != NULL)
+      tail = pn_block_next(page, tail);
     pn_block_set_next(page, tail, page->free);
   }
   page->free = head;
@@ -95,14 +102,16 @@ static void page_collect_thread_free(pn_page_t *page) {
 /* Move what others freed onto page->free: first the owner's local_free,
  * then, if that is empty, the remote frees. Owner only. */
 void pn_page_collect(pn_page_t *page) {
-  if (page->free != NULL) return;
+  if (page->free != NULL)
+    return;
   if (page->local_free != NULL) {
     page->free = page->local_free;
     page->local_free = NULL;
     return;
   }
   /* racy: a relaxed peek saves the exchange when no remote free came. */
-  if ((pn_atomic_load_relaxed(&page->xthread_free) & PN_THREAD_FREE_PTR_MASK) == 0) return;
+  if ((pn_atomic_load_relaxed(&page->xthread_free) & PN_THREAD_FREE_PTR_MASK) == 0)
+    return;
   page_collect_thread_free(page);
 }
 
@@ -159,8 +168,10 @@ void *pn_page_block_start(const pn_page_t *page, const void *p) {
  * Owner only; O(blocks). */
 bool pn_page_contains_free(const pn_page_t *page, const void *block) {
   for (const pn_block_t *b = page->free; b != NULL; b = pn_block_next(page, b))
-    if (b == block) return true;
+    if (b == block)
+      return true;
   for (const pn_block_t *b = page->local_free; b != NULL; b = pn_block_next(page, b))
-    if (b == block) return true;
+    if (b == block)
+      return true;
   return false;
 }

@@ -110,9 +110,9 @@ typedef struct pn_pool_thread {
  * pn_pool_tp, one word. Its TLS model is the build's (see CMakeLists.txt):
  * initial-exec in libpantry-malloc, TLS descriptors in libpantry, so that
  * libpantry stays safe to dlopen (a descriptor call costs about 1 ns where
- * the module sits in static TLS). pn_pool_tp points at a constant empty state (no slot matches, token
- * 0 matches no segment) until the thread's first slow path points it at the
- * thread's own (pool_cache.c). */
+ * the module sits in static TLS). pn_pool_tp points at a constant empty state (no slot matches,
+ * token 0 matches no segment) until the thread's first slow path points it at the thread's own
+ * (pool_cache.c). */
 extern _Thread_local const pn_pool_thread_t *pn_pool_tp PN_HIDDEN;
 
 /* A counter only its owner writes: a plain increment that readers may load. */

@@ -103,7 +103,8 @@ pn_atomic_uintptr_t pn_purge_xdelay_ns = 10 * 1000 * 1000;
  * read by the owner). */
 static uintptr_t purge_page_units(const pn_segment_t *segment, unsigned index) {
   unsigned per_page = 1u << (segment->page_shift - PN_PURGE_UNIT_SHIFT); /* 1, 8 or 64 */
-  if (per_page >= 64) return ~(uintptr_t)0;
+  if (per_page >= 64)
+    return ~(uintptr_t)0;
   return (((uintptr_t)1 << per_page) - 1) << (index * per_page);
 }
 
@@ -111,8 +112,10 @@ static uintptr_t purge_page_units(const pn_segment_t *segment, unsigned index) {
  * header and guard; the last ends before the end guard). */
 static size_t purge_units_bytes(uintptr_t units) {
   size_t bytes = (size_t)__builtin_popcountll(units) * PURGE_UNIT_SIZE;
-  if (units & 1) bytes -= PN_SEGMENT_FIRST_OFFSET;
-  if (units >> (PN_PAGES_MAX - 1)) bytes -= PN_SEGMENT_GUARD_SIZE;
+  if (units & 1)
+    bytes -= PN_SEGMENT_FIRST_OFFSET;
+  if (units >> (PN_PAGES_MAX - 1))
+    bytes -= PN_SEGMENT_GUARD_SIZE;
   return bytes;
 }
 
@@ -124,13 +127,16 @@ static void purge_units(pn_segment_t *segment, uintptr_t units) {
   while (units != 0) {
     unsigned first = (unsigned)__builtin_ctzll(units);
     unsigned last = first;
-    while (last + 1 < PN_PAGES_MAX && (units >> (last + 1)) & 1) last++;
+    while (last + 1 < PN_PAGES_MAX && (units >> (last + 1)) & 1)
+      last++;
     /* bits first..last; (2 << 63) wraps to 0, so last == 63 works too */
     units &= ~((((uintptr_t)2 << last) - 1) ^ (((uintptr_t)1 << first) - 1));
     uint8_t *start = (uint8_t *)segment + ((size_t)first << PN_PURGE_UNIT_SHIFT);
     uint8_t *end = (uint8_t *)segment + ((size_t)(last + 1) << PN_PURGE_UNIT_SHIFT);
-    if (first == 0) start += PN_SEGMENT_FIRST_OFFSET;
-    if (last == PN_PAGES_MAX - 1) end -= PN_SEGMENT_GUARD_SIZE;
+    if (first == 0)
+      start += PN_SEGMENT_FIRST_OFFSET;
+    if (last == PN_PAGES_MAX - 1)
+      end -= PN_SEGMENT_GUARD_SIZE;
     pn_os_purge(start, (size_t)(end - start));
     pn_stat_add(PN_STAT_PURGES, 1);
   }
@@ -148,7 +154,8 @@ static _Thread_local uint32_t purge_local_pending;
 /* Make `units` pending (their due times are stored). */
 static void purge_mark_pending(pn_segment_t *segment, uintptr_t units) {
   /* Release: publishes the due times to a purger's acquire load. */
-  if (pn_atomic_fetch_or_acq_rel(&segment->xpurge_pending, units) == 0) purge_map_add(segment);
+  if (pn_atomic_fetch_or_acq_rel(&segment->xpurge_pending, units) == 0)
+    purge_map_add(segment);
 }
 
 /* Segment layer, owner only: take the units of `page` back for use. False
@@ -158,11 +165,13 @@ bool pn_purge_page_take(pn_segment_t *segment, const pn_page_t *page) {
   /* Acq_rel: matches the purger's fetch_and (see the top comment). */
   uintptr_t won = pn_atomic_fetch_and_acq_rel(&segment->xpurge_pending, ~units) & units;
   if (won != units && (pn_atomic_load_acquire(&segment->xpurging) & units & ~won) != 0) {
-    if (won != 0) purge_mark_pending(segment, won); /* their due times are still stored */
+    if (won != 0)
+      purge_mark_pending(segment, won); /* their due times are still stored */
     return false;
   }
   uintptr_t fresh = units & ~pn_atomic_fetch_or_acq_rel(&segment->xcommitted, units);
-  if (fresh != 0) pn_stat_add(PN_STAT_BYTES_COMMITTED, purge_units_bytes(fresh));
+  if (fresh != 0)
+    pn_stat_add(PN_STAT_BYTES_COMMITTED, purge_units_bytes(fresh));
   uint32_t n = (uint32_t)__builtin_popcountll(won);
   purge_local_pending = purge_local_pending > n ? purge_local_pending - n : 0;
   return true;
@@ -190,11 +199,13 @@ void pn_purge_page_release(pn_segment_t *segment, unsigned page_index) {
  * page's memory back now, so a burst of frees returns its memory as it
  * goes. Returns the units purged. */
 uint32_t pn_purge_page_now(pn_segment_t *segment, unsigned page_index) {
-  if (PN_LIKELY(purge_local_pending <= PN_PURGE_RESERVE_UNITS)) return 0;
+  if (PN_LIKELY(purge_local_pending <= PN_PURGE_RESERVE_UNITS))
+    return 0;
   uintptr_t units = purge_page_units(segment, page_index);
   pn_atomic_fetch_or_acq_rel(&segment->xpurging, units);
   uintptr_t won = pn_atomic_fetch_and_acq_rel(&segment->xpurge_pending, ~units) & units;
-  if (units & ~won) pn_atomic_fetch_and_release(&segment->xpurging, ~(units & ~won));
+  if (units & ~won)
+    pn_atomic_fetch_and_release(&segment->xpurging, ~(units & ~won));
   purge_finish(segment, won);
   uint32_t n = (uint32_t)__builtin_popcountll(won);
   purge_local_pending = purge_local_pending > n ? purge_local_pending - n : 0;
@@ -231,18 +242,21 @@ static uint64_t purge_claim(pn_segment_t *segment, uint64_t now, bool all, size_
       next = at;
     }
   }
-  if (due == 0) return next;
+  if (due == 0)
+    return next;
   pn_atomic_fetch_or_acq_rel(&segment->xpurging, due);
   /* Acq_rel: the claim; see the top comment for its partner in page_take. */
   uintptr_t won = pn_atomic_fetch_and_acq_rel(&segment->xpurge_pending, ~due) & due;
-  if (due & ~won) pn_atomic_fetch_and_release(&segment->xpurging, ~(due & ~won));
+  if (due & ~won)
+    pn_atomic_fetch_and_release(&segment->xpurging, ~(due & ~won));
   *claimed = won;
   return next;
 }
 
 /* Give the claimed units back to the OS and clear their xpurging marks. */
 static void purge_finish(pn_segment_t *segment, uintptr_t claimed) {
-  if (claimed == 0) return;
+  if (claimed == 0)
+    return;
   purge_units(segment, claimed);
   uintptr_t was = pn_atomic_fetch_and_acq_rel(&segment->xcommitted, ~claimed) & claimed;
   pn_stat_sub(PN_STAT_BYTES_COMMITTED, purge_units_bytes(was));
@@ -270,7 +284,8 @@ bool pn_purge_segment_busy(pn_segment_t *segment) {
 /* The purge map                                                            */
 /* ------------------------------------------------------------------------ */
 
-#define PURGE_MAP0_WORDS (PN_SEGMENT_MAP_BITS / 64) /* 2^20 words: 8 MiB of .bss, touched lazily */
+#define PURGE_MAP0_WORDS (PN_SEGMENT_MAP_BITS / 64) /* 2^20 words: 8 MiB of .bss, touched lazily   \
+                                                     */
 #define PURGE_MAP1_WORDS (PURGE_MAP0_WORDS / 64)
 #define PURGE_MAP2_WORDS (PURGE_MAP1_WORDS / 64) /* 256 */
 
@@ -285,12 +300,14 @@ static void purge_thread_kick(bool any);
 static void purge_map_set(pn_atomic_uintptr_t *word, size_t bit) {
   pn_atomic_fence_seq_cst();
   uintptr_t mask = (uintptr_t)1 << bit;
-  if ((pn_atomic_load_relaxed(word) & mask) == 0) pn_atomic_fetch_or_acq_rel(word, mask);
+  if ((pn_atomic_load_relaxed(word) & mask) == 0)
+    pn_atomic_fetch_or_acq_rel(word, mask);
 }
 
 static void purge_map_add(pn_segment_t *segment) {
   size_t index = (uintptr_t)segment >> PN_SEGMENT_SHIFT;
-  if (index >= PN_SEGMENT_MAP_BITS) return;
+  if (index >= PN_SEGMENT_MAP_BITS)
+    return;
   purge_map_set(&purge_map0[index / 64], index % 64);
   purge_map_set(&purge_map1[index / 4096], (index / 64) % 64);
   purge_map_set(&purge_map2[index / 262144], (index / 4096) % 64);
@@ -301,7 +318,8 @@ static void purge_map_add(pn_segment_t *segment) {
  * the grace period that ends every scan that might still read it. */
 void pn_purge_segment_forget(pn_segment_t *segment) {
   size_t index = (uintptr_t)segment >> PN_SEGMENT_SHIFT;
-  if (index >= PN_SEGMENT_MAP_BITS) return;
+  if (index >= PN_SEGMENT_MAP_BITS)
+    return;
   pn_atomic_fetch_and_acq_rel(&purge_map0[index / 64], ~((uintptr_t)1 << (index % 64)));
 }
 
@@ -321,7 +339,8 @@ static void purge_map_clear_summary(pn_atomic_uintptr_t *word, size_t bit,
   uintptr_t mask = (uintptr_t)1 << bit;
   pn_atomic_fetch_and_acq_rel(word, ~mask);
   pn_atomic_fence_seq_cst();
-  if (pn_atomic_load_relaxed(below) != 0) pn_atomic_fetch_or_acq_rel(word, mask);
+  if (pn_atomic_load_relaxed(below) != 0)
+    pn_atomic_fetch_or_acq_rel(word, mask);
 }
 
 /* One segment of a scan. `excess` NULL: only count its pending units into
@@ -336,8 +355,10 @@ static uint64_t purge_scan_segment(size_t index, uint64_t now, bool all, size_t 
    * stay mapped until we unlock (see Lifetime above). */
   if ((pn_atomic_load_acquire(&purge_map0[index / 64]) >> (index % 64)) & 1) {
     uintptr_t units = pn_atomic_load_relaxed(&segment->xpurge_pending);
-    if (excess == NULL) *pending += (size_t)__builtin_popcountll(units);
-    else if (units != 0) next = purge_claim(segment, now, all, excess, &claimed);
+    if (excess == NULL)
+      *pending += (size_t)__builtin_popcountll(units);
+    else if (units != 0)
+      next = purge_claim(segment, now, all, excess, &claimed);
   }
   urcu_bp_read_unlock();
   /* madvise outside the section, so grace periods (the depot's releases)
@@ -357,15 +378,18 @@ static uint64_t purge_scan(uint64_t now, bool all, size_t *excess, size_t *pendi
     for (uintptr_t b2 = pn_atomic_load_relaxed(&purge_map2[w2]); b2 != 0; b2 &= b2 - 1) {
       size_t w1 = w2 * 64 + (size_t)__builtin_ctzll(b2);
       uintptr_t b1 = pn_atomic_load_relaxed(&purge_map1[w1]);
-      if (b1 == 0) purge_map_clear_summary(&purge_map2[w2], w1 % 64, &purge_map1[w1]);
+      if (b1 == 0)
+        purge_map_clear_summary(&purge_map2[w2], w1 % 64, &purge_map1[w1]);
       for (; b1 != 0; b1 &= b1 - 1) {
         size_t w0 = w1 * 64 + (size_t)__builtin_ctzll(b1);
         uintptr_t b0 = pn_atomic_load_relaxed(&purge_map0[w0]);
-        if (b0 == 0) purge_map_clear_summary(&purge_map1[w1], w0 % 64, &purge_map0[w0]);
+        if (b0 == 0)
+          purge_map_clear_summary(&purge_map1[w1], w0 % 64, &purge_map0[w0]);
         for (; b0 != 0; b0 &= b0 - 1) {
-          uint64_t at = purge_scan_segment(w0 * 64 + (size_t)__builtin_ctzll(b0), now, all,
-                                           excess, pending);
-          if (at < next) next = at;
+          uint64_t at =
+              purge_scan_segment(w0 * 64 + (size_t)__builtin_ctzll(b0), now, all, excess, pending);
+          if (at < next)
+            next = at;
         }
       }
     }
@@ -387,13 +411,13 @@ static pn_atomic_uint32_t purge_xlife;
 static pn_atomic_uint32_t purge_xwake;
 static pn_atomic_uint32_t purge_xcommand;
 static pn_atomic_uint32_t purge_xack;
-static pthread_t purge_thread; /* written by the thread that starts it, read by the stopper */
+static pthread_t purge_thread;       /* written by the thread that starts it, read by the stopper */
 static bool purge_atfork_registered; /* written once, by the first starter (LIFE_STARTING) */
 
 static void purge_futex_wait(pn_atomic_uint32_t *word, uint32_t value, uint64_t ns) {
   struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, value,
-          ns == UINT64_MAX ? NULL : &ts, NULL, 0);
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, value, ns == UINT64_MAX ? NULL : &ts,
+          NULL, 0);
 }
 
 static void purge_futex_wake(pn_atomic_uint32_t *word) {
@@ -415,7 +439,8 @@ static uint64_t purge_now_ns(void) {
 static void purge_thread_kick(bool any) {
   pn_atomic_fence_seq_cst();
   uint32_t state = pn_atomic_load_acquire32(&purge_xwake);
-  if (state == WAKE_RUNNING || (!any && state != WAKE_IDLE)) return;
+  if (state == WAKE_RUNNING || (!any && state != WAKE_IDLE))
+    return;
   if (pn_atomic_cas_strong_acq_rel32(&purge_xwake, &state, WAKE_RUNNING))
     purge_futex_wake(&purge_xwake);
 }
@@ -441,10 +466,12 @@ static uint64_t purge_thread_pass(void) {
   if (now >= tidy_at) {
     tidy_waiting = pn_heap_tidy_abandoned(now);
     tidy_interval = !tidy_waiting || tidy_interval < delay ? delay : tidy_interval * 2;
-    if (tidy_interval > 1000000000u) tidy_interval = 1000000000u;
+    if (tidy_interval > 1000000000u)
+      tidy_interval = 1000000000u;
     tidy_at = now + tidy_interval;
   }
-  if (tidy_waiting && tidy_at < next) next = tidy_at;
+  if (tidy_waiting && tidy_at < next)
+    next = tidy_at;
   return next;
 }
 
@@ -453,7 +480,8 @@ static void *purge_thread_main(void *arg) {
   pthread_setname_np(pthread_self(), "pantry-purge");
   for (;;) {
     uint32_t command = pn_atomic_load_acquire32(&purge_xcommand);
-    if (command == COMMAND_STOP) break;
+    if (command == COMMAND_STOP)
+      break;
     if (command == COMMAND_PAUSE) { /* fork: no claim is held between scans */
       pn_atomic_store_release32(&purge_xack, COMMAND_PAUSE);
       purge_futex_wake(&purge_xack);
@@ -491,14 +519,16 @@ static void purge_thread_command(uint32_t command) {
 }
 
 static void purge_fork_prepare(void) {
-  if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED) return;
+  if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED)
+    return;
   purge_thread_command(COMMAND_PAUSE);
   while (pn_atomic_load_acquire32(&purge_xack) != COMMAND_PAUSE)
     purge_futex_wait(&purge_xack, COMMAND_NONE, UINT64_MAX);
 }
 
 static void purge_fork_parent(void) {
-  if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED) return;
+  if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED)
+    return;
   pn_atomic_store_release32(&purge_xack, COMMAND_NONE);
   purge_thread_command(COMMAND_NONE);
 }
@@ -515,11 +545,15 @@ static void purge_fork_child(void) {
 /* Heap layer, on every allocation slow path (a load when it is started):
  * start the purge thread once pantry holds two segments or more. */
 void pn_purge_thread_start_maybe(void) {
-  if (PN_LIKELY(pn_atomic_load_acquire32(&purge_xlife) != LIFE_NONE)) return;
-  if (pn_atomic_load_relaxed(&pn_option_xpurge_thread) == 0) return;
-  if (pn_atomic_load_relaxed(&pn_stats.x[PN_STAT_BYTES_MAPPED]) < 2 * PN_SEGMENT_SIZE) return;
+  if (PN_LIKELY(pn_atomic_load_acquire32(&purge_xlife) != LIFE_NONE))
+    return;
+  if (pn_atomic_load_relaxed(&pn_option_xpurge_thread) == 0)
+    return;
+  if (pn_atomic_load_relaxed(&pn_stats.x[PN_STAT_BYTES_MAPPED]) < 2 * PN_SEGMENT_SIZE)
+    return;
   uint32_t expected = LIFE_NONE;
-  if (!pn_atomic_cas_strong_acq_rel32(&purge_xlife, &expected, LIFE_STARTING)) return;
+  if (!pn_atomic_cas_strong_acq_rel32(&purge_xlife, &expected, LIFE_STARTING))
+    return;
   if (!purge_atfork_registered) {
     purge_atfork_registered = true;
     pthread_atfork(purge_fork_prepare, purge_fork_parent, purge_fork_child);
@@ -552,8 +586,7 @@ __attribute__((destructor)) static void purge_unload(void) {
     sched_yield();
     life = pn_atomic_load_acquire32(&purge_xlife);
   }
-  if (life != LIFE_STARTED ||
-      !pn_atomic_cas_strong_acq_rel32(&purge_xlife, &life, LIFE_STOPPED))
+  if (life != LIFE_STARTED || !pn_atomic_cas_strong_acq_rel32(&purge_xlife, &life, LIFE_STOPPED))
     return;
   purge_thread_command(COMMAND_STOP);
   pthread_join(purge_thread, NULL);
@@ -565,7 +598,8 @@ __attribute__((destructor)) static void purge_unload(void) {
 
 void pantry_collect(bool force) {
   pn_heap_t *heap = pn_heap_get_or_init(); /* NULL while exiting: nothing of its own to collect */
-  if (heap != NULL) pn_heap_collect(heap, force);
+  if (heap != NULL)
+    pn_heap_collect(heap, force);
   size_t none = 0;
   purge_scan(purge_now_ns(), true, &none, &none);
   pn_depot_collect(force);

@@ -43,7 +43,8 @@ void pn_segment_format(pn_segment_t *segment, pn_page_kind_t kind) {
   segment->next = segment->prev = NULL;
   pn_atomic_store_relaxed(&segment->xfull_freed, 0);
   memset(segment->pages, 0, sizeof segment->pages);
-  for (uint32_t i = 0; i < PN_PAGES_MAX; i++) segment->pages[i].index = (uint8_t)i;
+  for (uint32_t i = 0; i < PN_PAGES_MAX; i++)
+    segment->pages[i].index = (uint8_t)i;
 }
 
 /* A segment of PN_SEGMENT_SIZE for `kind`: from the depot's cache of free
@@ -52,7 +53,8 @@ pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) {
   pn_segment_t *segment = pn_depot_take_cached();
   if (segment == NULL) {
     segment = pn_os_alloc_aligned(PN_SEGMENT_SIZE, PN_SEGMENT_SIZE);
-    if (segment == NULL) return NULL;
+    if (segment == NULL)
+      return NULL;
     segment->mapping_size = PN_SEGMENT_SIZE;
     if (pn_secure) { /* the guards stay for the segment's life, cached or not */
       pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
@@ -72,7 +74,8 @@ pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) {
  * (<= PN_ALIGN_MAX, so the block's pointer stays in the first
  * PN_SEGMENT_SIZE and finds its header by masking). *block receives it. */
 pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
-  if (align < 16) align = 16;
+  if (align < 16)
+    align = 16;
   size_t header = PN_SEGMENT_FIRST_OFFSET;
   size_t offset = (header + align - 1) & ~(align - 1);
   if (size > SIZE_MAX / 2 - offset - PN_SEGMENT_SIZE) {
@@ -81,7 +84,8 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   }
   size_t mapping = (offset + size + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
   pn_segment_t *segment = pn_os_alloc_aligned(mapping, PN_SEGMENT_SIZE);
-  if (segment == NULL) return NULL;
+  if (segment == NULL)
+    return NULL;
   segment->mapping_size = mapping;
   pn_segment_format(segment, PN_PAGE_HUGE);
   segment->page_count = 1;
@@ -94,7 +98,8 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   page->area = 1; /* only the block's first byte is a valid free pointer */
   page->block_odd_inv = 1;
   page->block_odd_limit = UINT32_MAX;
-  if (pn_secure) pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
+  if (pn_secure)
+    pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
   pn_segment_map_set(segment, true);
   pn_stat_add(PN_STAT_HUGE_MAPPED, 1);
   pn_stat_add(PN_STAT_BYTES_MAPPED, mapping);
@@ -124,12 +129,14 @@ pn_page_t *pn_segment_page_take(pn_segment_t *segment) {
     pn_page_t *page = &segment->pages[i];
     if (page->block_size == 0) {
       unused = true;
-      if (!pn_purge_page_take(segment, page)) continue; /* being purged: another one */
+      if (!pn_purge_page_take(segment, page))
+        continue; /* being purged: another one */
       segment->used_pages++;
       return page;
     }
   }
-  if (unused) return NULL;
+  if (unused)
+    return NULL;
   pn_fatal("segment %p: no unused page though used_pages is %u of %u", (void *)segment,
            segment->used_pages, segment->page_count);
 }

@@ -93,9 +93,11 @@ pn_heap_stats_t *pn_stats_heap_claim(void) {
   }
   size_t n = STATS_CHUNK_SIZE / sizeof(pn_heap_stats_t);
   pn_heap_stats_t *chunk = pn_os_alloc_aligned(STATS_CHUNK_SIZE, PN_OS_PAGE_SIZE);
-  if (chunk == NULL) return &stats_overflow;
+  if (chunk == NULL)
+    return &stats_overflow;
   pn_atomic_store_relaxed(&chunk[0].xclaimed, 1);
-  for (size_t i = 0; i + 1 < n; i++) pn_atomic_store_relaxed(&chunk[i].xnext, (uintptr_t)&chunk[i + 1]);
+  for (size_t i = 0; i + 1 < n; i++)
+    pn_atomic_store_relaxed(&chunk[i].xnext, (uintptr_t)&chunk[i + 1]);
   uintptr_t head = pn_atomic_load_relaxed(&stats_xregistry);
   do {
     pn_atomic_store_relaxed(&chunk[n - 1].xnext, head);
@@ -105,7 +107,8 @@ pn_heap_stats_t *pn_stats_heap_claim(void) {
 
 static void stats_fold(pn_atomic_uintptr_t *from, pn_atomic_uintptr_t *to) {
   uintptr_t v = pn_atomic_load_relaxed(from);
-  if (v == 0) return;
+  if (v == 0)
+    return;
   pn_atomic_fetch_add_relaxed(to, v);
   pn_atomic_store_relaxed(from, 0);
 }
@@ -113,7 +116,8 @@ static void stats_fold(pn_atomic_uintptr_t *from, pn_atomic_uintptr_t *to) {
 /* Heap layer, at abandon: fold the counts into the total and give the
  * block back. (A reader in between may count them twice: a snapshot.) */
 void pn_stats_heap_release(pn_heap_stats_t *stats) {
-  if (stats == NULL || stats == &stats_overflow) return;
+  if (stats == NULL || stats == &stats_overflow)
+    return;
   for (int b = 0; b < PN_BIN_COUNT; b++) {
     stats_fold(&stats->xlive[b], &stats_total.xlive[b]);
     stats_fold(&stats->xpages[b], &stats_total.xpages[b]);
@@ -137,7 +141,8 @@ void pn_stats_page_adopted(pn_heap_t *heap, pn_page_t *page) {
 void pn_stats_orphan_page(pn_page_t *page, uint32_t used, bool released) {
   pn_atomic_fetch_sub_relaxed(&stats_total.xlive[page->bin], page->stat_used - used);
   page->stat_used = used;
-  if (released) pn_atomic_fetch_sub_relaxed(&stats_total.xpages[page->bin], 1);
+  if (released)
+    pn_atomic_fetch_sub_relaxed(&stats_total.xpages[page->bin], 1);
 }
 
 /* alloc.c: a free of another thread's block, counted for the freeing
@@ -145,7 +150,8 @@ void pn_stats_orphan_page(pn_page_t *page, uint32_t used, bool released) {
  * remote free; a shared atomic counter here cost 12% of the
  * producer-consumer benchmark, whose consumer only frees). */
 void pn_stats_remote_free(pn_heap_t *heap) {
-  if (PN_LIKELY(heap->stats != NULL)) pn_heap_stat_add(&heap->stats->xremote_frees, 1);
+  if (PN_LIKELY(heap->stats != NULL))
+    pn_heap_stat_add(&heap->stats->xremote_frees, 1);
 }
 
 /* Count every page of the calling thread's heap now (owner only), so the
@@ -154,7 +160,8 @@ void pn_stats_heap_settle(pn_heap_t *heap) {
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++)
     for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next)
       for (uint32_t i = 0; i < s->page_count; i++)
-        if (s->pages[i].block_size != 0) pn_heap_stat_page(heap, &s->pages[i]);
+        if (s->pages[i].block_size != 0)
+          pn_heap_stat_page(heap, &s->pages[i]);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -178,33 +185,40 @@ static size_t stats_clamp(uintptr_t v) { return (intptr_t)v < 0 ? 0 : (size_t)v;
  * pages. open/read/close: no stdio, no allocation. */
 static size_t stats_resident_bytes(void) {
   int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
+  if (fd < 0)
+    return 0;
   char buf[128];
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
-  if (n <= 0) return 0;
+  if (n <= 0)
+    return 0;
   buf[n] = '\0';
   const char *p = buf;
-  while (*p != '\0' && *p != ' ') p++; /* skip the size */
+  while (*p != '\0' && *p != ' ')
+    p++; /* skip the size */
   size_t pages = 0;
-  for (p++; *p >= '0' && *p <= '9'; p++) pages = pages * 10 + (size_t)(*p - '0');
+  for (p++; *p >= '0' && *p <= '9'; p++)
+    pages = pages * 10 + (size_t)(*p - '0');
   long page_size = sysconf(_SC_PAGESIZE);
   return pages * (size_t)(page_size > 0 ? page_size : 4096);
 }
 
 void pantry_stats_get(pantry_stats_t *stats) {
-  if (stats == NULL) return;
+  if (stats == NULL)
+    return;
   int saved_errno = errno;
   memset(stats, 0, sizeof *stats);
   pn_heap_t *heap = pn_heap_tls;
-  if (!heap->is_sentinel && heap->stats != NULL) pn_stats_heap_settle(heap);
+  if (!heap->is_sentinel && heap->stats != NULL)
+    pn_stats_heap_settle(heap);
 
   uintptr_t live[PN_BIN_COUNT] = {0}, pages[PN_BIN_COUNT] = {0}, remote = 0;
   stats_add_block(&stats_total, live, pages, &remote);
   stats_add_block(&stats_overflow, live, pages, &remote);
   for (pn_heap_stats_t *b = (pn_heap_stats_t *)pn_atomic_load_acquire(&stats_xregistry); b != NULL;
        b = (pn_heap_stats_t *)pn_atomic_load_relaxed(&b->xnext)) {
-    if (pn_atomic_load_acquire(&b->xclaimed) == 0) continue;
+    if (pn_atomic_load_acquire(&b->xclaimed) == 0)
+      continue;
     stats->threads++;
     stats_add_block(b, live, pages, &remote);
   }
@@ -216,16 +230,17 @@ void pantry_stats_get(pantry_stats_t *stats) {
     stats->live_blocks += c->live_blocks;
     stats->bytes_allocated += c->live_blocks * c->block_size;
   }
-  stats->huge_blocks = stats_clamp(stats_get(PN_STAT_HUGE_MAPPED) - stats_get(PN_STAT_HUGE_UNMAPPED));
+  stats->huge_blocks =
+      stats_clamp(stats_get(PN_STAT_HUGE_MAPPED) - stats_get(PN_STAT_HUGE_UNMAPPED));
   stats->live_blocks += stats->huge_blocks;
   stats->bytes_allocated += stats_get(PN_STAT_HUGE_BYTES);
   stats->segments =
       stats_clamp(stats_get(PN_STAT_SEGMENTS_MAPPED) - stats_get(PN_STAT_SEGMENTS_UNMAPPED));
   stats->segments_abandoned =
       stats_clamp(stats_get(PN_STAT_SEGMENTS_ABANDONED) - stats_get(PN_STAT_SEGMENTS_ADOPTED));
-  stats->segments_cached = stats_clamp(stats_get(PN_STAT_SEGMENTS_CACHED) -
-                                       stats_get(PN_STAT_SEGMENTS_REUSED) -
-                                       stats_get(PN_STAT_SEGMENTS_FLUSHED));
+  stats->segments_cached =
+      stats_clamp(stats_get(PN_STAT_SEGMENTS_CACHED) - stats_get(PN_STAT_SEGMENTS_REUSED) -
+                  stats_get(PN_STAT_SEGMENTS_FLUSHED));
   stats->bytes_mapped = stats_get(PN_STAT_BYTES_MAPPED);
   stats->bytes_committed = stats_clamp(stats_get(PN_STAT_BYTES_COMMITTED));
   stats->bytes_resident = stats_resident_bytes();
@@ -237,7 +252,8 @@ void pantry_stats_get(pantry_stats_t *stats) {
 }
 
 void pantry_stats_print(FILE *out) {
-  if (out == NULL) out = stderr;
+  if (out == NULL)
+    out = stderr;
   pantry_stats_t s;
   pantry_stats_get(&s);
   fprintf(out,
@@ -265,5 +281,6 @@ void pantry_stats_print(FILE *out) {
 }
 
 __attribute__((destructor)) static void stats_exit_report(void) {
-  if (pn_atomic_load_relaxed(&pn_option_xshow_stats) != 0) pantry_stats_print(stderr);
+  if (pn_atomic_load_relaxed(&pn_option_xshow_stats) != 0)
+    pantry_stats_print(stderr);
 }

@@ -73,7 +73,8 @@ static inline void pn_track_alloc(void *block, size_t size, bool secure) {
   VALGRIND_MALLOCLIKE_BLOCK(block, size, 0, 0);
 #endif
   ((uintptr_t *)block)[0] = 0;
-  if (secure) ((uintptr_t *)block)[1] = 0;
+  if (secure)
+    ((uintptr_t *)block)[1] = 0;
 }
 
 /* Secure mode: whether the block's word 1 holds the fill, that is, whether
@@ -85,7 +86,8 @@ static inline bool pn_track_is_filled(const void *block) {
 /* A block of `size` bytes is given back: fill it (secure mode), then hide
  * everything but the link word, which the caller writes next. */
 static inline void pn_track_free(void *block, size_t size, bool secure) {
-  if (secure) memset((uint8_t *)block + sizeof(void *), PN_FREE_FILL, size - sizeof(void *));
+  if (secure)
+    memset((uint8_t *)block + sizeof(void *), PN_FREE_FILL, size - sizeof(void *));
 #ifdef PN_TRACK_VALGRIND
   VALGRIND_FREELIKE_BLOCK(block, 0);
   VALGRIND_MAKE_MEM_UNDEFINED(block, sizeof(void *));

@@ -6,11 +6,13 @@
 static void *volatile keep[32];
 
 int main(void) {
-  for (int i = 0; i < 10; i++) keep[i] = pantry_malloc(100);
+  for (int i = 0; i < 10; i++)
+    keep[i] = pantry_malloc(100);
   keep[10] = pantry_malloc(3 << 20);
-  pantry_pool_t *pool = pantry_pool_create(&(pantry_pool_config_t){
-      .name = "leaky-conn", .layout = {64, 8}});
-  for (int i = 0; i < 5; i++) keep[11 + i] = pantry_pool_alloc(pool);
+  pantry_pool_t *pool =
+      pantry_pool_create(&(pantry_pool_config_t){.name = "leaky-conn", .layout = {64, 8}});
+  for (int i = 0; i < 5; i++)
+    keep[11 + i] = pantry_pool_alloc(pool);
   keep[20] = pantry_arena_create(NULL);
   puts("done");
   return 0;

@@ -50,14 +50,13 @@ std::string pointer_text(const void *p) {
 
 /* Words that may describe each kind of mistake (lower case). */
 const std::vector<std::string> kForeign = {
-    "not allocated", "not a pantry", "not from pantry", "not owned", "never",   "foreign",
-    "unknown",       "invalid",      "outside",         "not in",    "bad pointer", "wild",
-    "not pantry",    "no segment",   "not a block"};
-const std::vector<std::string> kDouble = {"double", "twice",   "already", "freed",
-                                          "no block", "empty", "unused",  "not allocated",
-                                          "invalid"};
-const std::vector<std::string> kInterior = {"middle", "interior",  "inside", "not the start",
-                                            "start of", "not a block", "offset", "misaligned",
+    "not allocated", "not a pantry", "not from pantry", "not owned",  "never",
+    "foreign",       "unknown",      "invalid",         "outside",    "not in",
+    "bad pointer",   "wild",         "not pantry",      "no segment", "not a block"};
+const std::vector<std::string> kDouble = {"double", "twice",  "already",       "freed",  "no block",
+                                          "empty",  "unused", "not allocated", "invalid"};
+const std::vector<std::string> kInterior = {"middle",    "interior",    "inside", "not the start",
+                                            "start of",  "not a block", "offset", "misaligned",
                                             "unaligned", "invalid"};
 const std::vector<std::string> kSize = {"size"};
 const std::vector<std::string> kAlign = {"align"};
@@ -123,12 +122,12 @@ TEST_CASE("death: pantry_usable_size and pantry_realloc of a foreign pointer abo
   void *p = std::malloc(64);
   REQUIRE(p != nullptr);
   SECTION("pantry_usable_size") {
-    require_diagnosed([p] { std::printf("%zu\n", pantry_usable_size(p)); }, p,
-                      "pantry_usable_size", kForeign);
+    require_diagnosed([p] { std::printf("%zu\n", pantry_usable_size(p)); }, p, "pantry_usable_size",
+                      kForeign);
   }
   SECTION("pantry_realloc") {
-    require_diagnosed([p] { std::printf("%p\n", pantry_realloc(p, 128)); }, p,
-                      "pantry_realloc", kForeign);
+    require_diagnosed([p] { std::printf("%p\n", pantry_realloc(p, 128)); }, p, "pantry_realloc",
+                      kForeign);
   }
   std::free(p);
 }

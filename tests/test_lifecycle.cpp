@@ -33,14 +33,18 @@ void late_destructor(void *value) {
       continue;
     }
     std::memset(p, 0x5a, 16 + i * 40);
-    if (i != 1) pantry_free(p);
-    else if (late_block.exchange(p) != nullptr) late_bad++; // the main thread frees it
+    if (i != 1)
+      pantry_free(p);
+    else if (late_block.exchange(p) != nullptr)
+      late_bad++; // the main thread frees it
   }
   void *q = pantry_aligned_alloc(4096, 100);
-  if (q == nullptr || (reinterpret_cast<uintptr_t>(q) & 4095) != 0) late_bad++;
+  if (q == nullptr || (reinterpret_cast<uintptr_t>(q) & 4095) != 0)
+    late_bad++;
   pantry_free(q);
   void *r = pantry_realloc(pantry_malloc(10), 100000);
-  if (r == nullptr) late_bad++;
+  if (r == nullptr)
+    late_bad++;
   pantry_free(r);
   late_ok++;
   (void)value;
@@ -48,8 +52,7 @@ void late_destructor(void *value) {
 
 } // namespace
 
-TEST_CASE("lifecycle: allocations in key destructors after pantry's heap is gone",
-          "[lifecycle]") {
+TEST_CASE("lifecycle: allocations in key destructors after pantry's heap is gone", "[lifecycle]") {
   pthread_key_t key;
   REQUIRE(pthread_key_create(&key, late_destructor) == 0);
   const int threads = 8;
@@ -109,7 +112,8 @@ TEST_CASE("lifecycle: fork while other threads allocate - the child allocates an
         pantry_free(live[i]);
         live[i] = pantry_malloc(16 + rng.next() % 4000);
       }
-      for (void *p : live) pantry_free(p);
+      for (void *p : live)
+        pantry_free(p);
     });
   int failures = 0;
   const int forks = static_cast<int>(20 * pantry_test::test_scale());
@@ -118,12 +122,15 @@ TEST_CASE("lifecycle: fork while other threads allocate - the child allocates an
     if (pid == 0) {
       // The child: one thread, other threads' heaps orphaned mid-flight.
       std::vector<void *> blocks;
-      for (int i = 0; i < 2000; i++) blocks.push_back(pantry_malloc(16 + (i * 37) % 3000));
+      for (int i = 0; i < 2000; i++)
+        blocks.push_back(pantry_malloc(16 + (i * 37) % 3000));
       std::thread th([&blocks] {
-        for (size_t i = 0; i < blocks.size(); i += 2) pantry_free(blocks[i]);
+        for (size_t i = 0; i < blocks.size(); i += 2)
+          pantry_free(blocks[i]);
       });
       th.join();
-      for (size_t i = 1; i < blocks.size(); i += 2) pantry_free(blocks[i]);
+      for (size_t i = 1; i < blocks.size(); i += 2)
+        pantry_free(blocks[i]);
       _exit(0);
     }
     int status = 0;
@@ -132,6 +139,7 @@ TEST_CASE("lifecycle: fork while other threads allocate - the child allocates an
       failures++;
   }
   stop = true;
-  for (auto &th : busy) th.join();
+  for (auto &th : busy)
+    th.join();
   REQUIRE(failures == 0);
 }

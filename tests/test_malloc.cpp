@@ -103,8 +103,8 @@ std::vector<std::size_t> stride_sizes() {
     sizes.push_back(s);
     sizes.push_back(s + 1);
   }
-  for (std::size_t s : {512 * KiB - 16, 512 * KiB + 16, 3 * MiB + 5, 8 * MiB + 12345,
-                        33 * MiB + 7, 64 * MiB - 4096})
+  for (std::size_t s : {512 * KiB - 16, 512 * KiB + 16, 3 * MiB + 5, 8 * MiB + 12345, 33 * MiB + 7,
+                        64 * MiB - 4096})
     sizes.push_back(s);
   return sizes;
 }
@@ -366,10 +366,21 @@ TEST_CASE("layout: pantry_alloc and pantry_dealloc with PANTRY_LAYOUT_OF and exp
     exercise_layout(PANTRY_LAYOUT_OF(Array), 20, fail);
   }
   SECTION("explicit layouts") {
-    const pantry_layout_t layouts[] = {
-        {1, 1},          {3, 1},       {100, 8},         {100, 32},          {1000, 512},
-        {5000, 4096},    {70000, 64},  {70000, 65536},   {600000, 16},       {600000, 4096},
-        {MiB, 2 * MiB},  {4 * MiB, 64}, {3 * MiB + 1, 2 * MiB}, {24, 8},     {48, 16}};
+    const pantry_layout_t layouts[] = {{1, 1},
+                                       {3, 1},
+                                       {100, 8},
+                                       {100, 32},
+                                       {1000, 512},
+                                       {5000, 4096},
+                                       {70000, 64},
+                                       {70000, 65536},
+                                       {600000, 16},
+                                       {600000, 4096},
+                                       {MiB, 2 * MiB},
+                                       {4 * MiB, 64},
+                                       {3 * MiB + 1, 2 * MiB},
+                                       {24, 8},
+                                       {48, 16}};
     for (const pantry_layout_t &layout : layouts)
       exercise_layout(layout, 4, fail);
   }
@@ -451,8 +462,8 @@ TEST_CASE("free_sized: freeing with the allocation's size or its usable size", "
 namespace {
 /* Grows or shrinks `p` (holding `old_size` bytes of pattern `old_seed`) to
  * `new_size`, checks the kept bytes, refills with `new_seed`. */
-void *realloc_and_check(void *p, std::size_t old_size, std::uint64_t old_seed,
-                        std::size_t new_size, std::uint64_t new_seed, Failures &fail) {
+void *realloc_and_check(void *p, std::size_t old_size, std::uint64_t old_seed, std::size_t new_size,
+                        std::uint64_t new_seed, Failures &fail) {
   void *q = pantry_realloc(p, new_size);
   std::ostringstream os;
   os << "realloc " << old_size << " -> " << new_size << ": ";
@@ -476,11 +487,11 @@ void *realloc_and_check(void *p, std::size_t old_size, std::uint64_t old_seed,
 
 TEST_CASE("realloc: growing and shrinking across size classes and huge sizes keeps contents",
           "[realloc]") {
-  const std::size_t up[] = {1,     2,     8,      15,         16,         17,     32,
-                            48,    63,    64,     65,         100,        128,    129,
-                            500,   1024,  1025,   4000,       4096,       4097,   10000,
-                            32768, 65536, 65537,  200000,     512 * KiB,  512 * KiB + 1,
-                            MiB,   3 * MiB + 5,   16 * MiB,   40 * MiB};
+  const std::size_t up[] = {
+      1,    2,           8,        15,      16,    17,    32,     48,        63,
+      64,   65,          100,      128,     129,   500,   1024,   1025,      4000,
+      4096, 4097,        10000,    32768,   65536, 65537, 200000, 512 * KiB, 512 * KiB + 1,
+      MiB,  3 * MiB + 5, 16 * MiB, 40 * MiB};
   std::vector<std::size_t> steps(std::begin(up), std::end(up));
   for (std::size_t i = sizeof(up) / sizeof(up[0]); i > 0; i--)
     steps.push_back(up[i - 1]);
@@ -586,9 +597,9 @@ TEST_CASE("realloc: realloc of NULL and to size 0 and a failed realloc", "[reall
 }
 
 TEST_CASE("calloc: zeroes fresh and reused blocks", "[calloc]") {
-  const std::size_t sizes[] = {1,     8,     16,    17,     64,        100,       1000,
-                               4096,  5000,  40000, 65536,  100000,    512 * KiB, 600000,
-                               MiB,   2 * MiB + 1, 9 * MiB};
+  const std::size_t sizes[] = {1,         8,      16,   17,          64,     100,
+                               1000,      4096,   5000, 40000,       65536,  100000,
+                               512 * KiB, 600000, MiB,  2 * MiB + 1, 9 * MiB};
   Failures fail;
   for (std::size_t size : sizes) {
     std::size_t count = std::max<std::size_t>(2, std::min<std::size_t>(64, 16 * MiB / size));

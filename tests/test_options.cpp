@@ -104,8 +104,7 @@ TEST_CASE("options: a bad value gets a clear message and the default", "[options
   CHECK(!has(out, "pantry: statistics"));
 }
 
-TEST_CASE("options: an unknown PANTRY_* name gets a warning - with the nearest name",
-          "[options]") {
+TEST_CASE("options: an unknown PANTRY_* name gets a warning - with the nearest name", "[options]") {
   std::string out = run_with_env({{"PANTRY_PURGE_DELAY", "5"},
                                   {"PANTRY_COMPLETELY_UNRELATED", "1"},
                                   {"PANTRY_TEST_THREADS", "4"}, // the test scripts' own

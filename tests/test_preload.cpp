@@ -35,7 +35,7 @@ namespace {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kSanitized = true;
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                     \
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
     __has_feature(memory_sanitizer)
 constexpr bool kSanitized = true;
 #else
@@ -153,11 +153,10 @@ Run run_script(const std::string &dir, const std::string &name, const std::strin
                        shell_quote(dir) + "\n";
   write_file(script_path, header + script);
   std::string out = dir + "/" + name + ".out", err = dir + "/" + name + ".err";
-  std::string env = preload ? "env LD_PRELOAD=" + shell_quote(preload_library()) + " "
-                            : "env -u LD_PRELOAD ";
+  std::string env =
+      preload ? "env LD_PRELOAD=" + shell_quote(preload_library()) + " " : "env -u LD_PRELOAD ";
   std::string cmd = "cd " + shell_quote(work) + " && " + env + "/bin/sh " +
-                    shell_quote(script_path) + " >" + shell_quote(out) + " 2>" +
-                    shell_quote(err);
+                    shell_quote(script_path) + " >" + shell_quote(out) + " 2>" + shell_quote(err);
   int status = std::system(cmd.c_str());
   if (status != -1 && WIFEXITED(status))
     r.exit_code = WEXITSTATUS(status);
@@ -172,12 +171,12 @@ void require_same_output(const std::string &dir, const std::string &name,
                          const std::string &script) {
   Run plain = run_script(dir, name + "-plain", script, false);
   INFO("script " << name << ":\n" << script);
-  INFO("plain run: exit " << plain.exit_code << ", " << plain.bytes << " bytes; stderr: "
-                          << plain.stderr_head);
+  INFO("plain run: exit " << plain.exit_code << ", " << plain.bytes
+                          << " bytes; stderr: " << plain.stderr_head);
   REQUIRE(plain.exit_code == 0);
   Run pre = run_script(dir, name + "-preload", script, true);
-  INFO("preloaded run: exit " << pre.exit_code << ", " << pre.bytes << " bytes; stderr: "
-                              << pre.stderr_head);
+  INFO("preloaded run: exit " << pre.exit_code << ", " << pre.bytes
+                              << " bytes; stderr: " << pre.stderr_head);
   INFO("plain stdout starts: " << plain.stdout_head.substr(0, 300));
   INFO("preloaded stdout starts: " << pre.stdout_head.substr(0, 300));
   CHECK(pre.stderr_head.find("cannot be preloaded") == std::string::npos);
@@ -288,8 +287,7 @@ EOF
   REQUIRE(count == 11);
 }
 
-TEST_CASE("preload: every exported allocation function behaves like glibc's",
-          "[preload]") {
+TEST_CASE("preload: every exported allocation function behaves like glibc's", "[preload]") {
   if (skip_preload() || skip_without("python3"))
     return;
   TempDir tmp;
@@ -342,8 +340,9 @@ TEST_CASE("preload: sort of a generated 50 MB file", "[preload]") {
   TempDir tmp;
   generate_lines(tmp.path, 50);
   require_same_output(tmp.path, "sort", "sort \"$DATA_DIR/lines.txt\"\n");
-  require_same_output(tmp.path, "sort-unique",
-                      "sort -u -r -k2 \"$DATA_DIR/lines.txt\" | uniq -c | sort -n | tail -n 1000\n");
+  require_same_output(
+      tmp.path, "sort-unique",
+      "sort -u -r -k2 \"$DATA_DIR/lines.txt\" | uniq -c | sort -n | tail -n 1000\n");
 }
 
 TEST_CASE("preload: python3 builds and drops a large dict", "[preload]") {

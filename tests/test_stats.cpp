@@ -64,8 +64,7 @@ TEST_CASE("stats: the calling thread's blocks are counted exactly", "[stats]") {
   CHECK(after.bytes_allocated == before.bytes_allocated);
 }
 
-TEST_CASE("stats: the size classes cover every request up to 512 KiB - smallest first",
-          "[stats]") {
+TEST_CASE("stats: the size classes cover every request up to 512 KiB - smallest first", "[stats]") {
   pantry_stats_t s = stats_now();
   CHECK(s.size_classes[0].block_size == 16);
   CHECK(s.size_classes[PANTRY_STATS_SIZE_CLASSES - 1].block_size == 512 * 1024);
@@ -112,8 +111,7 @@ TEST_CASE("stats: other threads' blocks are counted - exactly once they exit", "
   CHECK(freed.remote_frees >= exited.remote_frees + n);
 }
 
-TEST_CASE("stats: an abandoned segment's blocks move with it to the adopting thread",
-          "[stats]") {
+TEST_CASE("stats: an abandoned segment's blocks move with it to the adopting thread", "[stats]") {
   const std::size_t n = 3000;
   pantry_stats_t before = stats_now();
   std::vector<void *> blocks(n);
@@ -192,9 +190,9 @@ TEST_CASE("stats: pantry_stats_print writes every figure", "[stats]") {
   std::fclose(out);
   std::string s(text, size);
   std::free(text);
-  for (const char *needle : {"bytes allocated", "segments", "bytes mapped", "bytes committed",
-                             "bytes resident", "remote frees", "depot adoptions", "purges",
-                             "threads", "live blocks", "segments mapped"})
+  for (const char *needle :
+       {"bytes allocated", "segments", "bytes mapped", "bytes committed", "bytes resident",
+        "remote frees", "depot adoptions", "purges", "threads", "live blocks", "segments mapped"})
     CHECK(s.find(needle) != std::string::npos);
   pantry_free(p);
   pantry_stats_get(nullptr); // does nothing

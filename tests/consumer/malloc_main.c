@@ -7,8 +7,10 @@
 
 int main(void) {
   void *p = malloc(100);
-  if (p == NULL) return 1;
-  if (pantry_usable_size(p) != 112) return 2; /* pantry's size class for 100 bytes */
+  if (p == NULL)
+    return 1;
+  if (pantry_usable_size(p) != 112)
+    return 2; /* pantry's size class for 100 bytes */
   free(p);
   puts("consumer malloc ok");
   return 0;
