@@ -32,7 +32,8 @@ PN_EXPORT void *reallocarray(void *p, size_t count, size_t size) {
 }
 
 PN_EXPORT int posix_memalign(void **out, size_t align, size_t size) {
-  if (align < sizeof(void *) || (align & (align - 1)) != 0) return EINVAL;
+  if (align < sizeof(void *) || (align & (align - 1)) != 0)
+    return EINVAL;
   int saved = errno;
   void *p = pantry_aligned_alloc(align, size);
   if (p == NULL) {
@@ -44,7 +45,9 @@ PN_EXPORT int posix_memalign(void **out, size_t align, size_t size) {
   return 0;
 }
 
-PN_EXPORT void *aligned_alloc(size_t align, size_t size) { return pantry_aligned_alloc(align, size); }
+PN_EXPORT void *aligned_alloc(size_t align, size_t size) {
+  return pantry_aligned_alloc(align, size);
+}
 
 PN_EXPORT void *memalign(size_t align, size_t size) { return pantry_aligned_alloc(align, size); }
 

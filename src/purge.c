@@ -284,8 +284,9 @@ bool pn_purge_segment_busy(pn_segment_t *segment) {
 /* The purge map                                                            */
 /* ------------------------------------------------------------------------ */
 
-#define PURGE_MAP0_WORDS (PN_SEGMENT_MAP_BITS / 64) /* 2^20 words: 8 MiB of .bss, touched lazily   \
-                                                     */
+#define PURGE_MAP0_WORDS                                                                           \
+  (PN_SEGMENT_MAP_BITS / 64) /* 2^20 words: 8 MiB of .bss, touched lazily                          \
+                              */
 #define PURGE_MAP1_WORDS (PURGE_MAP0_WORDS / 64)
 #define PURGE_MAP2_WORDS (PURGE_MAP1_WORDS / 64) /* 256 */
 
