@@ -44,21 +44,7 @@ unsigned arena_threads() {
   return static_cast<unsigned>(std::min<std::size_t>(std::max<std::size_t>(n, 2), 1024));
 }
 
-struct Problems {
-  std::atomic<std::size_t> count{0};
-  std::mutex m;
-  std::string first;
-  void add(const std::string &what) {
-    if (count.fetch_add(1) == 0) {
-      std::lock_guard<std::mutex> lock(m);
-      first = what;
-    }
-  }
-  std::string text() {
-    std::lock_guard<std::mutex> lock(m);
-    return std::to_string(count.load()) + " problem(s); first: " + first;
-  }
-};
+using pantry_test::Problems;
 
 /* All workers start at once: each waits until `ready` reaches n. */
 struct StartLine {

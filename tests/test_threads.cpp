@@ -35,21 +35,7 @@ constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * 1024;
 
 /* Problems seen by worker threads: a count and the first description. */
-struct Problems {
-  std::atomic<std::size_t> count{0};
-  std::mutex m;
-  std::string first;
-  void add(const std::string &what) {
-    if (count.fetch_add(1) == 0) {
-      std::lock_guard<std::mutex> lock(m);
-      first = what;
-    }
-  }
-  std::string text() {
-    std::lock_guard<std::mutex> lock(m);
-    return std::to_string(count.load()) + " problem(s); first: " + first;
-  }
-};
+using pantry_test::Problems;
 
 /* A block in flight: who made it, and so which pattern it must hold. */
 struct Item {

@@ -7,15 +7,36 @@
 #ifndef PANTRY_TEST_UTIL_HPP
 #define PANTRY_TEST_UTIL_HPP
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
 
 #include <unistd.h>
 
 namespace pantry_test {
+
+/* What worker threads found wrong: a count and the first description, for
+ * the main thread to assert (Catch2 is not thread-safe). */
+struct Problems {
+  std::atomic<std::size_t> count{0};
+  std::mutex m;
+  std::string first;
+  void add(const std::string &what) {
+    if (count.fetch_add(1) == 0) {
+      std::lock_guard<std::mutex> lock(m);
+      first = what;
+    }
+  }
+  std::string text() {
+    std::lock_guard<std::mutex> lock(m);
+    return std::to_string(count.load()) + " problem(s); first: " + first;
+  }
+};
 
 /* The value of the environment variable `name` as an unsigned number, or
  * `fallback` when it is unset, empty or not a positive number. */
