@@ -51,13 +51,24 @@ static pthread_key_t heap_key;
 /* Page queues                                                              */
 /* ------------------------------------------------------------------------ */
 
+/* direct_hi[bin]: the largest word size that `bin` serves, for the bins
+ * that pages_direct serves (0 above them); so bin b serves the word sizes
+ * direct_hi[b - 1] + 1 .. direct_hi[b] (and bin 1 also size 0). Written once
+ * in pn_process_init, before any heap exists. */
+static uint8_t direct_hi[PN_BIN_COUNT];
+
+static void direct_table_init(void) {
+  for (unsigned bin = 1; bin < PN_BIN_HUGE; bin++)
+    if (pn_bin_size(bin) <= PN_DIRECT_SIZE_MAX)
+      direct_hi[bin] = (uint8_t)pn_wsize(pn_bin_size(bin));
+}
+
 /* Keep pages_direct in step with the first page of `bin`'s queue. */
 static void heap_queue_first_changed(pn_heap_t *heap, unsigned bin) {
-  size_t size = pn_bin_size(bin);
-  if (bin >= PN_BIN_HUGE || size > PN_DIRECT_SIZE_MAX)
+  size_t hi = direct_hi[bin];
+  if (hi == 0)
     return;
-  size_t lo = bin == 1 ? 0 : pn_wsize(pn_bin_size(bin - 1)) + 1;
-  size_t hi = pn_wsize(size);
+  size_t lo = bin == 1 ? 0 : (size_t)direct_hi[bin - 1] + 1;
   pn_page_t *first = heap->queues[bin].first ? heap->queues[bin].first : &pn_page_empty;
   for (size_t w = lo; w <= hi; w++)
     heap->pages_direct[w] = first;
@@ -72,6 +83,20 @@ static void heap_queue_push_front(pn_heap_t *heap, unsigned q, pn_page_t *page) 
   else
     pq->last = page;
   pq->first = page;
+  if (q != PN_BIN_FULL)
+    heap_queue_first_changed(heap, q);
+}
+
+static void heap_queue_push_back(pn_heap_t *heap, unsigned q, pn_page_t *page) {
+  pn_page_queue_t *pq = &heap->queues[q];
+  page->next = NULL;
+  page->prev = pq->last;
+  if (pq->last) {
+    pq->last->next = page;
+    pq->last = page;
+    return;
+  }
+  pq->first = pq->last = page;
   if (q != PN_BIN_FULL)
     heap_queue_first_changed(heap, q);
 }
@@ -169,13 +194,20 @@ static void heap_page_release(pn_heap_t *heap, pn_page_t *page) {
 static void heap_page_unfull(pn_heap_t *heap, pn_page_t *page) {
   heap_queue_remove(heap, PN_BIN_FULL, page);
   page->flags.x.in_full = 0;
-  /* Clear the flag if no remote free has (a remote free that cleared it has
-   * set, or will set, our bit in xfull_freed; heap_reclaim_full ignores a
-   * bit whose page is no longer in_full). */
-  pn_atomic_fetch_and_relaxed(&page->xthread_free, ~PN_THREAD_FREE_FULL);
+  /* PN_THREAD_FREE_FULL stays set if no remote free has cleared it: no
+   * atomic read-modify-write here, which a page that moves in and out of the
+   * full state on every few frees would pay each time. A page back in its
+   * queue may so carry the flag on an empty thread-free list: the next
+   * remote free clears it and reports the page, and heap_reclaim_full
+   * ignores a bit whose page is not in_full; pn_page_try_mark_full takes the
+   * flag as already set. */
   pn_page_collect(page);
   pn_heap_stat_page(heap, page); /* stats */
-  heap_queue_push_front(heap, page->bin, page);
+  /* At the back, as mimalloc does: the page has one free block or a few,
+   * and the pages before it go on serving, so it gathers more frees before
+   * it is used; at the front it would be used up and parked again at once
+   * (measured: server/1 parked and took back a page on 15% of its steps). */
+  heap_queue_push_back(heap, page->bin, page);
 }
 
 /* Take back every parked page that got a remote free since it was parked.
@@ -398,6 +430,7 @@ void pn_process_init(void) {
     key = (uintptr_t)ts.tv_nsec * 0x9E3779B97F4A7C15u ^ (uintptr_t)&key;
   }
   pn_cookie_key = key | 1;
+  direct_table_init();
   if (pthread_key_create(&heap_key, heap_key_destructor) != 0)
     pn_fatal("pthread_key_create failed: cannot track thread exits");
   pthread_atfork(process_fork_prepare, process_fork_parent, process_fork_child);
@@ -598,6 +631,17 @@ void pn_heap_collect(pn_heap_t *heap, bool force) {
 /* Everything the fast path does not: a first allocation, an empty free
  * list, a size above PN_DIRECT_SIZE_MAX, a huge block. */
 void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
+  /* The commonest miss first: the page's free list ran out while the
+   * owner's own frees wait on its local_free; take them and go (the
+   * sentinels' pages_direct point at pn_page_empty, whose lists are empty). */
+  if (PN_LIKELY(size <= PN_DIRECT_SIZE_MAX)) {
+    pn_page_t *page = heap->pages_direct[pn_wsize(size)];
+    if (page->local_free != NULL) {
+      page->free = page->local_free;
+      page->local_free = NULL;
+      return pn_page_pop(page);
+    }
+  }
   if (PN_UNLIKELY(heap->is_sentinel)) {
     heap = pn_heap_get_or_init();
     if (heap == NULL)
@@ -614,9 +658,6 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
     return block;
   }
   heap_purge_maybe(heap);
-  /* purge.c: start the purge thread once pantry maps 8 MiB; here, where the
-   * heap is consistent, since pthread_create may allocate. */
-  pn_purge_thread_start_maybe();
   unsigned bin = pn_bin(size);
   pn_page_t *page = heap->queues[bin].first;
   if (page == NULL || page->free == NULL) {
@@ -625,6 +666,9 @@ void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) {
       errno = ENOMEM;
       return NULL;
     }
+    /* purge.c: start the purge thread once pantry maps 8 MiB; here, where
+     * the heap is consistent, since pthread_create may allocate. */
+    pn_purge_thread_start_maybe();
   }
   void *block = pn_page_pop(page);
   pn_heap_stat_page(heap, page); /* stats: blocks handed out since the last slow path */
@@ -685,8 +729,20 @@ void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) {
   heap_page_release(heap, page);
 }
 
-/* A free by the owner that the fast path did not take: a page in the full
- * state or one with aligned blocks. `block` is the block's start. */
+/* The owner's fast free (alloc.h) has freed a block of `page`, which was
+ * parked full or is now empty: take it out of the full state, or retire it.
+ * Owner only. */
+void pn_heap_page_freed(pn_heap_t *heap, pn_page_t *page) {
+  if (page->used == 0) {
+    pn_heap_page_retire(heap, page);
+    return;
+  }
+  heap_page_unfull(heap, page);
+}
+
+/* A free by the owner that the fast path did not take: an interior pointer
+ * of an aligned block, or a block whose first word looks like a free
+ * block's link. `block` is the block's start. */
 void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block, const char *fn) {
   if (PN_UNLIKELY(page->used == 0))
     pn_fatal("%s(%p): double free (no block of its page is in use; block size %zu)", fn,

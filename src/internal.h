@@ -161,14 +161,20 @@ typedef struct pn_heap_stats pn_heap_stats_t;
  * only remote frees touch them.
  */
 typedef struct pn_page {
-  pn_block_t *free;       /* owner: blocks ready to hand out */
-  pn_block_t *local_free; /* owner: blocks freed by the owner */
-  uintptr_t key;          /* set at format: free-list links are stored as next ^ key */
-  uint32_t used;          /* owner: blocks handed out, remote frees included */
-  uint32_t capacity;      /* owner: blocks carved so far */
-  uint32_t reserved;      /* owner (set at format): blocks that fit */
+  /* Cache line 0: what the fast paths touch. The owner writes free,
+   * local_free and used on every allocation and free; the rest is set at
+   * format and read by any thread that frees a block of the page. */
+  pn_block_t *free;         /* owner: blocks ready to hand out */
+  pn_block_t *local_free;   /* owner: blocks freed by the owner */
+  uintptr_t key;            /* set at format: free-list links are stored as next ^ key */
+  uint8_t *page_start;      /* set at format: the first block */
+  size_t block_size;        /* set at format, before any block is handed out; 0 = page unused */
+  uint32_t used;            /* owner: blocks handed out, remote frees included */
+  uint32_t area;            /* set at format: reserved * block_size, in bytes */
+  uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
+  uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
   union {
-    uint16_t all; /* owner: the fast free path reads both at once */
+    uint16_t all; /* both at once (pn_page_format clears them) */
     struct {
       uint8_t in_full;     /* owner: parked in the heap's full queue */
       uint8_t has_aligned; /* owner writes, any thread reads: relaxed atomic
@@ -177,20 +183,23 @@ typedef struct pn_page {
                               pointer sees it through the handoff */
     } x;
   } flags;
-  uint8_t bin;              /* owner (set at format) */
-  uint8_t index;            /* immutable: the page's index in its segment */
-  size_t block_size;        /* set at format, before any block is handed out; 0 = page unused */
-  uint8_t *page_start;      /* set at format: the first block */
-  uint32_t area;            /* set at format: reserved * block_size, in bytes */
-  uint32_t block_shift;     /* block_size == block_odd << block_shift */
-  uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
-  uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
+  uint8_t bin;         /* owner (set at format) */
+  uint8_t index;       /* immutable: the page's index in its segment */
+  uint8_t block_shift; /* block_size == block_odd << block_shift */
+  /* Cache line 1: the line other threads write (xthread_free, one CAS per
+   * remote free), kept off line 0 so a remote free does not take the
+   * owner's fast-path line away; and what only slow paths touch. */
+  _Alignas(64)
+      pn_atomic_uintptr_t xthread_free; /* atomic: remote frees (CAS push), | PN_THREAD_FREE_FULL */
+  uint32_t capacity;                    /* owner: blocks carved so far */
+  uint32_t reserved;                    /* owner (set at format): blocks that fit */
   uint32_t stat_used; /* owner: `used` when the heap's statistics last counted the page (stats.c) */
   void *pool;         /* set at format: the pool whose objects the page holds, or NULL */
-  pn_atomic_uintptr_t xthread_free; /* atomic: remote frees (CAS push), | PN_THREAD_FREE_FULL */
-  struct pn_page *next;             /* owner: the heap's queue for this bin (or the full queue) */
-  struct pn_page *prev;             /* owner */
+  struct pn_page *next; /* owner: the heap's queue for this bin (or the full queue) */
+  struct pn_page *prev; /* owner */
 } pn_page_t;
+
+_Static_assert(sizeof(pn_page_t) == 128, "a page's metadata is two cache lines");
 
 /* A segment: a PN_SEGMENT_SIZE-aligned mapping. The header (this struct)
  * sits at the start; page 0's blocks start after it. A block finds its
@@ -202,14 +211,23 @@ typedef struct pn_page {
  * owner, and goes back to the OS when its block is freed.
  */
 struct pn_segment {
+  /* Cache line 0: read by every free (xowner, page_shift); written only when
+   * the segment changes hands or is formatted, and by the owner's page
+   * take and release (used_pages, slow paths). */
   uintptr_t cookie; /* immutable: segment address ^ pn_cookie_key */
   pn_atomic_uintptr_t
-      xowner; /* atomic: the owning pn_heap_t *, 0 while abandoned or in the depot */
-  pn_atomic_uintptr_t xfull_freed; /* atomic: bit i = page i left the full state (remote free) */
-  pn_page_kind_t kind;             /* set when the segment is formatted */
-  uint32_t page_shift;             /* set when formatted: log2 of the page size (63 for huge) */
-  uint32_t page_count;             /* set when formatted */
-  uint32_t used_pages;             /* owner: pages with block_size != 0 */
+      xowner;              /* atomic: the owning pn_heap_t *, 0 while abandoned or in the depot */
+  pn_page_kind_t kind;     /* set when the segment is formatted */
+  uint32_t page_shift;     /* set when formatted: log2 of the page size (63 for huge) */
+  uint32_t page_count;     /* set when formatted */
+  uint32_t used_pages;     /* owner: pages with block_size != 0 */
+  size_t mapping_size;     /* immutable: bytes mapped */
+  struct pn_segment *next; /* owner: the heap's list of segments of this kind */
+  struct pn_segment *prev; /* owner */
+  /* Cache line 1: written by other threads (a remote free that takes a page
+   * out of the full state; the purgers), so it stays off line 0. */
+  _Alignas(64) pn_atomic_uintptr_t
+      xfull_freed; /* atomic: bit i = page i left the full state (remote free) */
   /* Purging (purge.c), in 64 KiB purge units whatever the page size, so a
    * unit's state survives a reformat. Any thread may claim a pending unit:
    * the owner to reuse it, a purger to give it back; the fetch_and on
@@ -219,9 +237,6 @@ struct pn_segment {
   pn_atomic_uintptr_t xpurging;   /* atomic acq/rel: bit u = a purger is giving unit u back */
   pn_atomic_uintptr_t xcommitted; /* atomic: bit u = unit u was taken and not purged since */
   pn_atomic_uintptr_t xpurge_at_ns[PN_PAGES_MAX]; /* atomic relaxed: when unit u is due */
-  size_t mapping_size;                            /* immutable: bytes mapped */
-  struct pn_segment *next; /* owner: the heap's list of segments of this kind */
-  struct pn_segment *prev; /* owner */
   /* Pools (pool.c); heaps leave these alone. A pool segment has xowner 0. */
   pn_atomic_uintptr_t
       xpool_owner;              /* atomic relaxed: token of the thread whose pool cache owns it */
@@ -230,7 +245,7 @@ struct pn_segment {
   pn_atomic_uintptr_t xdepot_handoffs; /* atomic acq/rel: the C11 edge of every depot handoff */
   struct cds_lfs_node depot_node;      /* depot: link in an lfstack */
   struct rcu_head rcu_head;            /* depot: deferred push or unmap */
-  pn_page_t pages[PN_PAGES_MAX];
+  pn_page_t pages[PN_PAGES_MAX];       /* 64-byte aligned (pn_page_t's first line) */
 };
 
 #define PN_SEGMENT_HEADER_SIZE                                                                     \
@@ -427,6 +442,7 @@ extern pn_page_t pn_page_empty PN_HIDDEN;
 void *pn_heap_malloc_slow(pn_heap_t *heap, size_t size) PN_HIDDEN PN_NOINLINE;
 void *pn_heap_malloc_aligned(pn_heap_t *heap, size_t size, size_t align) PN_HIDDEN;
 void pn_heap_page_retire(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN PN_NOINLINE;
+void pn_heap_page_freed(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN PN_NOINLINE;
 void pn_heap_free_local_slow(pn_heap_t *heap, pn_page_t *page, pn_block_t *block,
                              const char *fn) PN_HIDDEN;
 pn_heap_t *pn_heap_get_or_init(void) PN_HIDDEN;

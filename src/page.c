@@ -47,7 +47,7 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
   uint32_t inv = odd;
   for (int i = 0; i < 4; i++)
     inv *= 2u - odd * inv;
-  page->block_shift = shift;
+  page->block_shift = (uint8_t)shift;
   page->block_odd_inv = inv;
   page->block_odd_limit = UINT32_MAX / odd;
 }
@@ -78,8 +78,10 @@ void pn_page_extend(pn_page_t *page) {
 static void page_collect_thread_free(pn_page_t *page) {
   /* Acquire: matches the release CAS in pn_page_free_remote, so every
    * block->next written by a remote freer is visible. Clearing
-   * PN_THREAD_FREE_FULL here loses nothing: the owner sets it only while the
-   * list is empty and clears it itself before it collects a parked page. */
+   * PN_THREAD_FREE_FULL here loses nothing: the owner collects a parked page
+   * only as it takes the page out of the full state (unfull, adopt, abandon,
+   * tidy), after which nobody needs the report; on a page that is not parked
+   * the flag is a leftover (see heap_page_unfull). */
   uintptr_t word = pn_atomic_exchange_acquire(&page->xthread_free, 0);
   pn_block_t *head = (pn_block_t *)(word & PN_THREAD_FREE_PTR_MASK);
   uint32_t count = (uint32_t)(word >> PN_THREAD_FREE_COUNT_SHIFT);
@@ -128,7 +130,11 @@ void pn_page_collect_all(pn_page_t *page) { page_collect_thread_free(page); }
  * one after parking: exactly one thread reports the page. */
 bool pn_page_try_mark_full(pn_page_t *page) {
   uintptr_t expected = 0;
-  if (!pn_atomic_cas_strong_relaxed(&page->xthread_free, &expected, PN_THREAD_FREE_FULL))
+  /* An empty list that still carries the flag (heap_page_unfull leaves it)
+   * is parked as it is: no remote free came since the flag was set, so the
+   * next one clears it and reports the page, as after the CAS. */
+  if (!pn_atomic_cas_strong_relaxed(&page->xthread_free, &expected, PN_THREAD_FREE_FULL) &&
+      expected != PN_THREAD_FREE_FULL)
     return false;
   page->flags.x.in_full = 1;
   return true;
