@@ -322,13 +322,18 @@ static inline pn_page_t *pn_segment_page_of(pn_segment_t *segment, const void *p
 
 static inline pn_segment_t *pn_page_segment(const pn_page_t *page) { return pn_segment_of(page); }
 
+/* Whether `segment` is a live pantry segment (its cookie, written when it
+ * was formatted, matches its address under the process key). */
+static inline bool pn_segment_is_valid(const pn_segment_t *segment) {
+  return segment->cookie == ((uintptr_t)segment ^ pn_cookie_key);
+}
+
 pn_segment_t *pn_segment_alloc(pn_page_kind_t kind) PN_HIDDEN;
 void pn_segment_format(pn_segment_t *segment, pn_page_kind_t kind) PN_HIDDEN;
 pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) PN_HIDDEN;
 void pn_segment_free_huge(pn_segment_t *segment) PN_HIDDEN;
 pn_page_t *pn_segment_page_take(pn_segment_t *segment) PN_HIDDEN;
 void pn_segment_page_release(pn_segment_t *segment, pn_page_t *page) PN_HIDDEN;
-bool pn_segment_is_valid(const pn_segment_t *segment) PN_HIDDEN;
 
 uint64_t pn_clock_now_ns(void) PN_HIDDEN;
 
@@ -530,7 +535,6 @@ void pn_stats_heap_release(pn_heap_stats_t *stats) PN_HIDDEN;
 void pn_stats_heap_settle(pn_heap_t *heap) PN_HIDDEN;
 void pn_stats_page_adopted(pn_heap_t *heap, pn_page_t *page) PN_HIDDEN;
 void pn_stats_orphan_page(pn_page_t *page, uint32_t used, bool released) PN_HIDDEN;
-void pn_stats_remote_free(pn_heap_t *heap) PN_HIDDEN;
 
 /* Owner-only add (see struct pn_heap_stats): wraps modulo 2^64 on purpose. */
 static inline void pn_heap_stat_add(pn_atomic_uintptr_t *x, uintptr_t n) {
@@ -544,6 +548,12 @@ static inline void pn_heap_stat_page(pn_heap_t *heap, pn_page_t *page) {
     return;
   pn_heap_stat_add(&heap->stats->xlive[page->bin], (uintptr_t)page->used - page->stat_used);
   page->stat_used = page->used;
+}
+
+/* A free by `heap`'s thread of another thread's block. */
+static inline void pn_stats_remote_free(pn_heap_t *heap) {
+  if (PN_LIKELY(heap->stats != NULL))
+    pn_heap_stat_add(&heap->stats->xremote_frees, 1);
 }
 
 /* A page of `heap` formatted (+1) or released (-1); released pages were

@@ -26,10 +26,6 @@ static const uint32_t segment_page_shift[PN_PAGE_KINDS] = {
     [PN_PAGE_HUGE] = 63,
 };
 
-bool pn_segment_is_valid(const pn_segment_t *segment) {
-  return segment->cookie == ((uintptr_t)segment ^ pn_cookie_key);
-}
-
 /* Lay out an empty segment for pages of `kind`. The caller owns the segment
  * exclusively (fresh from the OS, or popped from the depot's cache). */
 void pn_segment_format(pn_segment_t *segment, pn_page_kind_t kind) {

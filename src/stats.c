@@ -149,11 +149,6 @@ void pn_stats_orphan_page(pn_page_t *page, uint32_t used, bool released) {
  * thread (alloc.c gives a thread that only frees its heap on its first
  * remote free; a shared atomic counter here cost 12% of the
  * producer-consumer benchmark, whose consumer only frees). */
-void pn_stats_remote_free(pn_heap_t *heap) {
-  if (PN_LIKELY(heap->stats != NULL))
-    pn_heap_stat_add(&heap->stats->xremote_frees, 1);
-}
-
 /* Count every page of the calling thread's heap now (owner only), so the
  * figures are exact for this thread. */
 void pn_stats_heap_settle(pn_heap_t *heap) {
