@@ -31,7 +31,7 @@ size_t pn_usable_size_checked(const void *p, const char *fn) PN_HIDDEN;
  * frees, interior pointers of aligned blocks, huge blocks, pool objects,
  * a suspect) goes to pn_free_slow. */
 static inline void pn_free_inline(void *p, const char *fn) {
-  if (PN_LIKELY(pn_segment_map_contains(p))) {
+  if (PN_LIKELY(PANTRY_CHECK_FOREIGN ? pn_segment_map_contains(p) : p != NULL)) {
     pn_segment_t *segment = pn_segment_of(p);
     pn_page_t *page = pn_segment_page_of(segment, p);
     pn_heap_t *heap = pn_heap_tls;
@@ -40,8 +40,8 @@ static inline void pn_free_inline(void *p, const char *fn) {
      * segments have no owner heap: they never pass it. */
     pn_block_t *block = p;
     if (PN_LIKELY((pn_heap_t *)pn_atomic_load_relaxed(&segment->xowner) == heap &&
-                  pn_page_is_block_start(page, p) && !pn_block_maybe_free(page, block) &&
-                  !pn_debug)) {
+                  (!PANTRY_CHECK_INTERIOR || pn_page_is_block_start(page, p)) &&
+                  !pn_block_maybe_free(page, block) && !pn_debug)) {
       pn_block_release(page, block, fn);
       pn_block_set_next(page, block, page->local_free);
       page->local_free = block;

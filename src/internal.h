@@ -43,6 +43,27 @@
 static const bool pn_debug = PANTRY_DEBUG_BUILD;
 static const bool pn_secure = PANTRY_SECURE_BUILD;
 
+/* The checks on the free fast path. Release builds keep every one; each can
+ * be built out (-D...=0) only to measure what it costs (bench/check_costs,
+ * whose figures README.md gives). A build without them is not pantry: it
+ * corrupts memory where pantry stops with a message. */
+#ifndef PANTRY_CHECK_FOREIGN
+#define PANTRY_CHECK_FOREIGN 1 /* the segment map: a pointer pantry never handed out */
+#endif
+#ifndef PANTRY_CHECK_INTERIOR
+#define PANTRY_CHECK_INTERIOR 1 /* the pointer is the start of a block (a multiply) */
+#endif
+#ifndef PANTRY_CHECK_DOUBLE_FREE
+#define PANTRY_CHECK_DOUBLE_FREE 1 /* the block's first word is not a free block's link */
+#endif
+#ifndef PANTRY_ENCODE_LINKS
+#define PANTRY_ENCODE_LINKS 1 /* free-list links XORed with the page's key */
+#endif
+#if !PANTRY_ENCODE_LINKS && PANTRY_CHECK_DOUBLE_FREE
+#error                                                                                             \
+    "the double-free check reads encoded links: PANTRY_ENCODE_LINKS=0 needs PANTRY_CHECK_DOUBLE_FREE=0"
+#endif
+
 #define PN_LIKELY(x) __builtin_expect(!!(x), 1)
 #define PN_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define PN_NOINLINE __attribute__((noinline))
@@ -172,7 +193,7 @@ typedef struct pn_page {
   uint32_t used;            /* owner: blocks handed out, remote frees included */
   uint32_t area;            /* set at format: reserved * block_size, in bytes */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
-  uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
+  uint32_t block_div_limit; /* UINT32_MAX / block_size */
   union {
     uint16_t all; /* both at once (pn_page_format clears them) */
     struct {
@@ -365,9 +386,14 @@ static inline bool pn_page_has_aligned(const pn_page_t *page) {
  * check that costs a compare on a word the free writes anyway), and a
  * stray write into a free block is unlikely to yield a pointer that escapes
  * the page. */
+/* The key links are XORed with (0 only in a measurement build). */
+static inline uintptr_t pn_link_key(const pn_page_t *page) {
+  return PANTRY_ENCODE_LINKS ? page->key : 0;
+}
+
 static inline pn_block_t *pn_block_next(const pn_page_t *page, const pn_block_t *block) {
   pn_track_link_open((void *)block);
-  pn_block_t *next = (pn_block_t *)((uintptr_t)block->next ^ page->key);
+  pn_block_t *next = (pn_block_t *)((uintptr_t)block->next ^ pn_link_key(page));
   pn_track_link_close((void *)block);
   return next;
 }
@@ -375,7 +401,7 @@ static inline pn_block_t *pn_block_next(const pn_page_t *page, const pn_block_t 
 static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
                                      const pn_block_t *next) {
   pn_track_link_open(block);
-  block->next = (pn_block_t *)((uintptr_t)next ^ page->key);
+  block->next = (pn_block_t *)((uintptr_t)next ^ pn_link_key(page));
   pn_track_link_close(block);
 }
 
@@ -404,22 +430,31 @@ static inline void pn_block_release(const pn_page_t *page, pn_block_t *block, co
 /* Whether `block`'s first word looks like a free block's link: decoded, NULL
  * or an address inside the page. */
 static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *block) {
+  if (!PANTRY_CHECK_DOUBLE_FREE) /* a measurement build (see PANTRY_CHECK_DOUBLE_FREE) */
+    return false;
   /* A raw read: the block is allocated (or this is a double free, which a
    * memory checker is right to report here). */
-  uintptr_t next = (uintptr_t)block->next ^ page->key;
+  uintptr_t next = (uintptr_t)block->next ^ pn_link_key(page);
   return next == 0 || next - (uintptr_t)page->page_start < page->area;
 }
 
 /* Whether `p` is the start of a block of `page`: off % block_size == 0 by
- * the divisibility test of Granlund and Montgomery (a multiply, no divide). */
+ * the divisibility test of Granlund and Montgomery, for a divisor
+ * block_size = odd << shift (Hacker's Delight, 10-17): with
+ * q = off * odd^-1 mod 2^32, off is a multiple of block_size exactly when q
+ * rotated right by shift is at most UINT32_MAX / block_size. (If odd
+ * divides off, q = off / odd and the rotation is a plain shift when its low
+ * shift bits are 0, else it lands above the limit; if odd does not divide
+ * off, q alone exceeds UINT32_MAX / odd.) A multiply and a rotate, no divide.
+ * off < area < 2^32 keeps it exact. */
 static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)page->page_start;
   if (PN_UNLIKELY(off >= page->area))
     return false;
-  uint32_t off32 = (uint32_t)off;
-  if (off32 & ((1u << page->block_shift) - 1))
-    return false;
-  return (uint32_t)((off32 >> page->block_shift) * page->block_odd_inv) <= page->block_odd_limit;
+  uint32_t q = (uint32_t)off * page->block_odd_inv;
+  unsigned shift = page->block_shift;
+  q = (q >> shift) | (q << ((32 - shift) & 31)); /* rotate right (shift < 32) */
+  return q <= page->block_div_limit;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -49,7 +49,7 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
     inv *= 2u - odd * inv;
   page->block_shift = (uint8_t)shift;
   page->block_odd_inv = inv;
-  page->block_odd_limit = UINT32_MAX / odd;
+  page->block_div_limit = (uint32_t)(UINT32_MAX / block_size);
 }
 
 /* Carve more blocks onto the free list. Owner only; page->free is NULL. */

@@ -93,7 +93,8 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   page->bin = PN_BIN_HUGE;
   page->area = 1; /* only the block's first byte is a valid free pointer */
   page->block_odd_inv = 1;
-  page->block_odd_limit = UINT32_MAX;
+  page->block_shift = 0;
+  page->block_div_limit = UINT32_MAX;
   if (pn_secure)
     pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
   pn_segment_map_set(segment, true);
