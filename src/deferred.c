@@ -9,14 +9,13 @@
  *
  * Layer: the top, beside alloc.c; calls alloc.h (the checks and the free of
  * pantry_free), pool.c (the checks and the free of pantry_pool_free), os.c
- * (slot memory) and liburcu: the flavor's call_rcu and barrier, and a
- * wait-free queue (urcu/wfcqueue.h).
+ * (slot memory) and liburcu: the flavor's call_rcu and barrier.
  *
  * The path of a pointer:
  *   1. pantry_free_deferred checks `p` as pantry_free would and appends it to
  *      the calling thread's batch: an array allocated by pantry, never the
  *      block itself. Nothing is written into the block until step 4.
- *   2. A batch is handed over when it is full (to the worker's queue), when
+ *   2. A batch is handed over when it is full (to the worker's handover stack), when
  *      the worker finds it idle for a tick or two (the time bound: it steals
  *      it), when its thread exits (pthread key destructor), and when a thread
  *      calls pantry_deferred_barrier (it steals every batch).
@@ -46,8 +45,13 @@
  *                       barrier can wait for them to finish.
  *   slot->xin_use       claimed by CAS when a thread starts, released at exit.
  *   pn_deferred_xslots  push-only list of slots (CAS push; never freed).
- *   pn_deferred_queue   the handover queue: any thread enqueues (wait-free),
- *                       only the worker splices it (single consumer).
+ *   pn_deferred_xhandover  the handover stack: any thread pushes a batch
+ *                       (CAS release), only the worker takes it whole
+ *                       (exchange acquire). A push is one CAS of a node
+ *                       whose link is already written, so the stack is
+ *                       whole at every instant, fork included (a queue
+ *                       whose enqueue swaps the tail, then links the old
+ *                       one, is not: see pn_deferred_fork_child).
  *   pn_deferred_xbatches  batches made whose blocks are not all freed yet
  *                       (add at creation, sub after the frees). Zero means
  *                       no deferred free is pending.
@@ -55,7 +59,7 @@
  *   The worker's own state is described in deferred_worker.c.
  *
  * No lock on the free path: an append is one exchange and one store on the
- * thread's own slot; a handover is one wait-free enqueue; a new batch is a
+ * thread's own slot; a handover is one CAS push (lock-free); a new batch is a
  * pantry allocation and one atomic add. Only the worker, the barrier and
  * fork wait, never a thread that frees.
  */
@@ -121,8 +125,7 @@ _Static_assert(sizeof(pn_deferred_slot_t) == 64, "a slot is one cache line");
 
 pn_atomic_uintptr_t pn_deferred_xslots;
 pn_atomic_uintptr_t pn_deferred_xbatches;
-struct __cds_wfcq_head pn_deferred_queue_head;
-struct cds_wfcq_tail pn_deferred_queue_tail;
+pn_atomic_uintptr_t pn_deferred_xhandover;
 
 static pn_deferred_flavor_t deferred_flavors[DEFERRED_FLAVORS_MAX] = {
     {&urcu_memb_flavor, urcu_memb_call_rcu_before_fork, urcu_memb_call_rcu_after_fork_parent,
@@ -276,11 +279,15 @@ static void deferred_batch_rcu(struct rcu_head *head) {
   deferred_done_push(slot, batch, batch);
 }
 
-/* Hand a full or stolen batch to the worker. Wait-free. */
+/* Hand a full or stolen batch to the worker: push it on the handover stack.
+ * Lock-free; a push never reads through the old head, so ABA cannot hurt it. */
 static void deferred_handover(pn_deferred_batch_t *batch) {
-  pn_deferred_tsan_release(batch);
-  cds_wfcq_node_init(&batch->queue_node);
-  cds_wfcq_enqueue(&pn_deferred_queue_head, &pn_deferred_queue_tail, &batch->queue_node);
+  uintptr_t head = pn_atomic_load_relaxed(&pn_deferred_xhandover);
+  do {
+    batch->handover_next = (pn_deferred_batch_t *)head;
+    /* Release: the batch's contents and its link happen before the
+     * worker's acquire exchange in deferred_worker_drain. */
+  } while (!pn_atomic_cas_weak_release(&pn_deferred_xhandover, &head, (uintptr_t)batch));
 }
 
 /* Issue the batch's call_rcu. Worker only (registered with `flavor`). */
@@ -306,7 +313,6 @@ static void deferred_thread_exit(void *value) {
 }
 
 static void deferred_init_once(void) {
-  __cds_wfcq_init(&pn_deferred_queue_head, &pn_deferred_queue_tail);
   if (pthread_key_create(&deferred_key, deferred_thread_exit) != 0)
     pn_fatal("pantry_free_deferred: pthread_key_create failed: cannot track thread exits");
   pn_atomic_store_release32(&deferred_xkey_made, 1);
@@ -345,7 +351,7 @@ static PN_NOINLINE PN_COLD pn_deferred_slot_t *deferred_slot_acquire(void) {
   return slot;
 }
 
-/* Take every open batch out of every slot and queue it (the barrier). */
+/* Take every open batch out of every slot and hand it over (the barrier). */
 static void deferred_steal_all(void) {
   for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
        slot != NULL; slot = slot->next) {

@@ -9,8 +9,6 @@
 
 #include <pthread.h>
 
-#include <urcu/wfcqueue.h>
-
 #include "internal.h"
 
 typedef struct pn_deferred_slot pn_deferred_slot_t;
@@ -22,13 +20,13 @@ typedef struct pn_deferred_slot pn_deferred_slot_t;
  * Invariant: 1 <= count <= capacity once handed over;
  * pool_objects == |{i < count : items[i] & 1}| until the callback runs. */
 typedef struct pn_deferred_batch {
-  struct rcu_head rcu_head;            /* holder: the batch's one call_rcu */
-  struct cds_wfcq_node queue_node;     /* holder: link in pn_deferred_queue */
-  struct pn_deferred_batch *done_next; /* holder: link in slot->xdone */
-  pn_deferred_slot_t *slot;            /* immutable: the slot of the thread that made it */
-  uint32_t count;                      /* holder: items[0..count) wait */
-  uint32_t pool_objects;               /* holder: items that are pool objects */
-  uintptr_t items[];                   /* holder: the deferred pointers, | 1 for a pool object */
+  struct rcu_head rcu_head;                /* holder: the batch's one call_rcu */
+  struct pn_deferred_batch *handover_next; /* holder: link in pn_deferred_xhandover */
+  struct pn_deferred_batch *done_next;     /* holder: link in slot->xdone */
+  pn_deferred_slot_t *slot;                /* immutable: the slot of the thread that made it */
+  uint32_t count;                          /* holder: items[0..count) wait */
+  uint32_t pool_objects;                   /* holder: items that are pool objects */
+  uintptr_t items[]; /* holder: the deferred pointers, | 1 for a pool object */
 } pn_deferred_batch_t;
 
 /* A thread's place in pantry's list of batches. Slots are never freed; a
@@ -85,10 +83,10 @@ static inline void pn_deferred_tsan_acquire(void *batch) { (void)batch; }
 extern pn_atomic_uintptr_t pn_deferred_xslots PN_HIDDEN;
 /* Batches made whose blocks are not all freed yet: 0 = nothing pending. */
 extern pn_atomic_uintptr_t pn_deferred_xbatches PN_HIDDEN;
-/* The handover queue: any thread enqueues (wait-free), only the worker
- * splices (single consumer, so no dequeue lock). */
-extern struct __cds_wfcq_head pn_deferred_queue_head PN_HIDDEN;
-extern struct cds_wfcq_tail pn_deferred_queue_tail PN_HIDDEN;
+/* The handover stack: batches for the worker's call_rcu. Any thread pushes
+ * (one CAS publishes a whole, linked node: no state in between that a fork
+ * could freeze), only the worker takes it, whole (exchange: no ABA). */
+extern pn_atomic_uintptr_t pn_deferred_xhandover PN_HIDDEN;
 
 /* The readers' flavor now. */
 const pn_deferred_flavor_t *pn_deferred_flavor(void) PN_HIDDEN;

@@ -4,9 +4,9 @@
  * thread left for a tick, serves the barrier's tickets, and is parked
  * around fork. See deferred.c for the whole design.
  *
- * Layer: the top, beside deferred.c (whose slots, queue and flavor it
- * reads); calls liburcu: the flavor's register/unregister, online/offline
- * and call_rcu, and the wait-free queue's splice.
+ * Layer: the top, beside deferred.c (whose slots, handover stack and
+ * flavor it reads); calls liburcu: the flavor's register/unregister,
+ * online/offline, call_rcu and fork functions.
  *
  * The worker is the only thread pantry registers with the readers' flavor.
  * It is offline (QSBR) except around its call_rcus, so it never holds a
@@ -14,7 +14,10 @@
  *
  * Shared state and who writes it:
  *   deferred_xlife      LIFE_*: the thread that starts or stops the worker
- *                       (CAS), the fork child handler.
+ *                       (CAS), the fork child handler. LIFE_STARTING lasts
+ *                       from the starter's CAS to its store of the outcome;
+ *                       the worker may already run in between, so fork
+ *                       waits it out (pn_deferred_fork_prepare).
  *   deferred_xwake      futex word, WAKE_*: the worker says how it sleeps;
  *                       a kicker CASes it back to RUNNING and wakes it.
  *   deferred_xcommand   futex word, COMMAND_*: fork and exit ask the worker
@@ -28,6 +31,7 @@
  */
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -53,6 +57,7 @@ static pn_atomic_uint32_t deferred_xack;     /* atomic, futex: the command the w
 static pn_atomic_uintptr_t deferred_xasked;  /* atomic acq/rel: barrier tickets taken */
 static pn_atomic_uint32_t deferred_xdone; /* atomic, futex: low 32 bits of the last ticket served */
 static pthread_t deferred_worker;         /* written by the thread that starts it */
+static _Thread_local bool deferred_tls_starting; /* this thread holds LIFE_STARTING */
 
 /* fork: what the prepare handler did, for the parent and child handlers.
  * Written and read by the forking thread only. */
@@ -97,20 +102,30 @@ void pn_deferred_worker_kick(bool only_idle) {
     deferred_futex_wake(&deferred_xwake, 1);
 }
 
-/* Call call_rcu for every batch in the queue. */
+/* Call call_rcu for every batch on the handover stack. */
 static void deferred_worker_drain(const pn_deferred_flavor_t *flavor) {
-  struct __cds_wfcq_head head;
-  struct cds_wfcq_tail tail;
-  __cds_wfcq_init(&head, &tail);
-  if (__cds_wfcq_splice_blocking(&head, &tail, &pn_deferred_queue_head, &pn_deferred_queue_tail) ==
-      CDS_WFCQ_RET_SRC_EMPTY)
+  /* Relaxed peek: the caller's acquire of the barrier's ticket already
+   * orders the pushes the ticket covers before this load. */
+  if (pn_atomic_load_relaxed(&pn_deferred_xhandover) == 0)
     return;
-  struct cds_wfcq_node *node, *next;
+  /* Acquire: matches the release CAS of every push (deferred_handover), so
+   * each batch's items and link are seen. The worker is the only taker. */
+  pn_deferred_batch_t *list =
+      (pn_deferred_batch_t *)pn_atomic_exchange_acquire(&pn_deferred_xhandover, 0);
+  /* Newest first: reverse, so call_rcus go out in handover order. */
+  pn_deferred_batch_t *fifo = NULL;
+  while (list != NULL) {
+    pn_deferred_batch_t *next = list->handover_next;
+    list->handover_next = fifo;
+    fifo = list;
+    list = next;
+  }
   flavor->rcu->thread_online();
-  __cds_wfcq_for_each_blocking_safe(&head, &tail, node, next) {
-    pn_deferred_batch_t *batch = caa_container_of(node, pn_deferred_batch_t, queue_node);
-    pn_deferred_tsan_acquire(batch);
-    pn_deferred_batch_call_rcu(flavor, batch);
+  while (fifo != NULL) {
+    pn_deferred_batch_t *next =
+        fifo->handover_next; /* the callback owns the batch after call_rcu */
+    pn_deferred_batch_call_rcu(flavor, fifo);
+    fifo = next;
   }
   flavor->rcu->thread_offline();
 }
@@ -174,7 +189,7 @@ static void deferred_worker_sleep(int64_t next_tick) {
               (uint32_t)pn_atomic_load_acquire(&deferred_xasked) !=
                   pn_atomic_load_acquire32(&deferred_xdone) ||
               (!pending && pn_atomic_load_acquire(&pn_deferred_xbatches) != 0) ||
-              !cds_wfcq_empty(&pn_deferred_queue_head, &pn_deferred_queue_tail);
+              pn_atomic_load_acquire(&pn_deferred_xhandover) != 0;
   if (!work) {
     int64_t ns = -1;
     if (pending) {
@@ -208,8 +223,8 @@ static void *deferred_worker_main(void *arg) {
       registered->register_thread();
       registered->thread_offline(); /* QSBR: online only around call_rcu */
     }
-    /* Acquire: matches the barrier's ticket; the batches it enqueued before
-     * taking the ticket are in the queue we drain next. */
+    /* Acquire: matches the barrier's ticket; the batches it pushed before
+     * taking the ticket are on the stack we drain next. */
     uintptr_t asked = pn_atomic_load_acquire(&deferred_xasked);
     deferred_worker_drain(flavor);
     int64_t now = deferred_now_ns();
@@ -231,13 +246,14 @@ static void *deferred_worker_main(void *arg) {
 }
 
 /* Start the worker if it is not running. A thread that finds another one
- * starting it does not wait: its batches just queue. */
+ * starting it does not wait: its batches just wait on the handover stack. */
 void pn_deferred_worker_ensure(void) {
   if (PN_LIKELY(pn_atomic_load_acquire32(&deferred_xlife) != LIFE_NONE))
     return;
   uint32_t expected = LIFE_NONE;
   if (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &expected, LIFE_STARTING))
     return;
+  deferred_tls_starting = true;
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old); /* the worker takes no signals */
@@ -248,9 +264,11 @@ void pn_deferred_worker_ensure(void) {
                "until a later call starts it",
                strerror(err));
     pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
+    deferred_tls_starting = false;
     return;
   }
   pn_atomic_store_release32(&deferred_xlife, LIFE_STARTED);
+  deferred_tls_starting = false;
 }
 
 /* Stop and join the worker (library unload, process exit). */
@@ -270,7 +288,7 @@ void pn_deferred_worker_stop(void) {
  * before the call then has its call_rcu. */
 bool pn_deferred_worker_serve(void) {
   pn_deferred_worker_ensure();
-  /* Release: the caller's enqueues happen before the worker's acquire of
+  /* Release: the caller's pushes happen before the worker's acquire of
    * the ticket, so the drain that serves it sees them. */
   uintptr_t ticket = pn_atomic_fetch_add_acq_rel(&deferred_xasked, 1) + 1;
   pn_deferred_worker_kick(false);
@@ -290,16 +308,50 @@ bool pn_deferred_worker_serve(void) {
 /* fork                                                                     */
 /* ------------------------------------------------------------------------ */
 
-/* Before fork: park the worker outside liburcu (and out of the flavor's
- * registry), then quiesce the flavor's call_rcu threads. Neither waits on an
- * allocation: pantry's frees take no lock, so a callback that frees during
- * the handshake cannot deadlock with it. */
+/* Before fork. What the child inherits from the other threads is what they
+ * were doing at the instant of the fork, frozen for good. So, before it:
+ *
+ *   1. Wait out LIFE_STARTING. A worker that its starter has created but
+ *      not yet published as LIFE_STARTED already runs: it registers with
+ *      the flavor and issues call_rcus (each inside the flavor's read-side
+ *      section, and the first creates liburcu's call_rcu thread, which then
+ *      runs synchronize_rcu). Unpaused, it can be frozen inside one of
+ *      those: then the child's grace periods wait forever for a reader that
+ *      does not exist, or for the registry lock it held (seen as the
+ *      child's call_rcu thread stuck in synchronize_rcu and the child's
+ *      barrier waiting for it). The starter only runs pthread_create, which
+ *      never waits for the forking thread, so the wait is short; a thread
+ *      that forks from inside its own start (a signal handler) does not
+ *      wait for itself.
+ *   2. Park the worker (LIFE_STARTED): it leaves the flavor's registry at
+ *      the top of its loop, outside every liburcu call, and acknowledges.
+ *   3. The flavor's call_rcu_before_fork, whatever the worker's state: it
+ *      takes liburcu's call_rcu lock and parks every call_rcu thread of the
+ *      flavor between grace periods (unregistered). A process that ever
+ *      deferred has such a thread even with no worker: a fork child (whose
+ *      worker starts on demand) has the one after_fork_child made.
+ *
+ * Invariant at the fork: no thread of this process is inside a liburcu
+ * call of the readers' flavor on pantry's behalf (the worker is parked,
+ * the flavor's call_rcu threads are paused and unregistered; the only
+ * other users of that call_rcu are barriers, which hold the call_rcu lock
+ * that step 3 holds), and pantry's handover stack is whole (a CAS push).
+ *
+ * None of it waits on an allocation: pantry's frees take no lock, so a
+ * callback that frees during the handshake cannot deadlock with it. The
+ * handlers of the depot (urcu-bp) were registered first, so they run after
+ * this one, and a callback that releases a segment while we wait for
+ * liburcu's call_rcu thread finds urcu-bp not yet locked. */
 void pn_deferred_fork_prepare(void) {
   deferred_fork_flavor = NULL;
   deferred_fork_online = NULL;
   deferred_fork_paused = false;
-  if (pn_atomic_load_acquire32(&deferred_xlife) != LIFE_STARTED)
-    return;
+  uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
+  /* Step 1. Acquire: matches the starter's release store of the outcome. */
+  while (life == LIFE_STARTING && !deferred_tls_starting) {
+    sched_yield();
+    life = pn_atomic_load_acquire32(&deferred_xlife);
+  }
   const pn_deferred_flavor_t *flavor = pn_deferred_flavor();
   /* A QSBR thread that forks while online would stall the grace period
    * that liburcu's before_fork waits for. */
@@ -307,13 +359,15 @@ void pn_deferred_fork_prepare(void) {
     flavor->rcu->thread_offline();
     deferred_fork_online = flavor->rcu;
   }
-  pn_atomic_store_release32(&deferred_xcommand, COMMAND_PAUSE);
-  deferred_futex_wake(&deferred_xcommand, INT_MAX);
-  pn_deferred_worker_kick(false);
-  while (pn_atomic_load_acquire32(&deferred_xack) != COMMAND_PAUSE)
-    deferred_futex_wait(&deferred_xack, COMMAND_NONE, -1);
-  deferred_fork_paused = true;
-  if (flavor->before_fork != NULL) {
+  if (life == LIFE_STARTED) { /* step 2 */
+    pn_atomic_store_release32(&deferred_xcommand, COMMAND_PAUSE);
+    deferred_futex_wake(&deferred_xcommand, INT_MAX);
+    pn_deferred_worker_kick(false);
+    while (pn_atomic_load_acquire32(&deferred_xack) != COMMAND_PAUSE)
+      deferred_futex_wait(&deferred_xack, COMMAND_NONE, -1);
+    deferred_fork_paused = true;
+  }
+  if (flavor->before_fork != NULL) { /* step 3 */
     flavor->before_fork();
     deferred_fork_flavor = flavor;
   }
@@ -322,42 +376,30 @@ void pn_deferred_fork_prepare(void) {
 void pn_deferred_fork_parent(void) {
   if (deferred_fork_flavor != NULL)
     deferred_fork_flavor->after_fork_parent();
-  if (!deferred_fork_paused)
-    return;
-  pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
-  deferred_futex_wake(&deferred_xcommand, INT_MAX);
+  if (deferred_fork_paused) {
+    pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
+    deferred_futex_wake(&deferred_xcommand, INT_MAX);
+  }
   if (deferred_fork_online != NULL)
     deferred_fork_online->thread_online();
 }
 
 /* In the child only this thread lives: no worker (a new one starts on
  * demand), other threads' slots are free for reuse (their batches stay and
- * are handed over by the next tick or barrier), and batches queued but not
- * yet given to call_rcu stay queued for the new worker. */
+ * are handed over by the next tick or barrier), and batches on the
+ * handover stack stay there for the new worker. A batch that a thread of
+ * the parent held outside its slot at the fork (mid-append, or between
+ * steal and push) is lost to the child: its blocks leak there. */
 void pn_deferred_fork_child(void) {
   if (deferred_fork_flavor != NULL)
     deferred_fork_flavor->after_fork_child();
   if (pn_atomic_load_acquire32(&deferred_xlife) != LIFE_SHUTDOWN)
     pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
+  deferred_tls_starting = false;
   pn_atomic_store_release32(&deferred_xcommand, COMMAND_NONE);
   pn_atomic_store_release32(&deferred_xack, COMMAND_NONE);
   pn_atomic_store_release32(&deferred_xwake, WAKE_RUNNING);
   pn_atomic_store_release32(&deferred_xdone, (uint32_t)pn_atomic_load_acquire(&deferred_xasked));
-  if (pn_atomic_load_acquire(&pn_deferred_xslots) == 0)
-    return; /* nothing was ever deferred: the queue is not even initialised */
-  /* The queue: a thread of the parent may have been between the two steps
-   * of an enqueue; then the batches behind it cannot be reached. */
-  struct __cds_wfcq_head head;
-  struct cds_wfcq_tail tail;
-  __cds_wfcq_init(&head, &tail);
-  if (__cds_wfcq_splice_nonblocking(&head, &tail, &pn_deferred_queue_head,
-                                    &pn_deferred_queue_tail) == CDS_WFCQ_RET_WOULDBLOCK) {
-    pn_warning("fork: another thread was handing a batch of deferred frees over; the child "
-               "leaks it");
-    __cds_wfcq_init(&pn_deferred_queue_head, &pn_deferred_queue_tail);
-  } else {
-    __cds_wfcq_splice_blocking(&pn_deferred_queue_head, &pn_deferred_queue_tail, &head, &tail);
-  }
   for (pn_deferred_slot_t *slot = (pn_deferred_slot_t *)pn_atomic_load_acquire(&pn_deferred_xslots);
        slot != NULL; slot = slot->next) {
     /* Threads that were taking a slot's returned batches are gone: their

@@ -55,6 +55,7 @@
  * registration a thread makes on its first read-side section takes liburcu's
  * registry mutex once per thread (one-time initialisation).
  */
+#include <sched.h>
 #include <string.h>
 
 #include "internal.h"
@@ -67,6 +68,10 @@ static struct __cds_lfs_stack depot_cached;     /* empty segments, purged */
 static struct __cds_lfs_stack depot_pending;    /* releases made from inside liburcu */
 static pn_atomic_uintptr_t depot_xcached_count; /* atomic relaxed: a bound, not an exact count */
 static _Thread_local bool depot_in_urcu;        /* this thread is inside a liburcu call */
+/* fork: the gate in front of urcu_bp_call_rcu (see depot_call_rcu). */
+static pn_atomic_uint32_t depot_xforking;  /* atomic: 1 from the prepare handler to the parent's
+                                            * or child's handler; written by the forking thread */
+static pn_atomic_uintptr_t depot_xcalling; /* atomic acq/rel: threads inside urcu_bp_call_rcu */
 
 /* The handoff edge. liburcu's stack and call_rcu queue order memory with
  * x86 inline assembly (full barriers), which is enough for the hardware but
@@ -105,9 +110,45 @@ static void depot_push(struct __cds_lfs_stack *stack, pn_segment_t *segment) {
   cds_lfs_push(stack, &segment->depot_node);
 }
 
+/* call_rcu, or, while a fork is being prepared, depot_pending (handed to
+ * call_rcu by the next release made from outside liburcu, or by the fork
+ * handlers). Any thread calls it, so a fork can catch one inside
+ * urcu_bp_call_rcu, whose wait-free enqueue swaps the queue's tail and only
+ * then links the old tail: frozen in between, the child's call_rcu queue
+ * has a hole that liburcu's after_fork_child (splicing it to the new
+ * call_rcu thread) or that thread (walking it) waits on forever.
+ * Invariant at the fork: depot_xcalling == 0 was seen after depot_xforking
+ * was set, so no thread is inside urcu_bp_call_rcu (pn_depot_fork_prepare).
+ * Dekker: we publish our entry (RMW), fence, then read the gate; the
+ * forking thread sets the gate, fences, then reads the count. One of the
+ * two sees the other. */
 static void depot_call_rcu(pn_segment_t *segment, void (*fn)(struct rcu_head *)) {
+  pn_atomic_fetch_add_acq_rel(&depot_xcalling, 1);
+  pn_atomic_fence_seq_cst();
+  if (PN_UNLIKELY(pn_atomic_load_acquire32(&depot_xforking) != 0)) {
+    pn_atomic_fetch_sub_acq_rel(&depot_xcalling, 1);
+    segment->rcu_head.func = fn; /* depot_pending_flush passes it to call_rcu */
+    depot_push(&depot_pending, segment);
+    return;
+  }
   depot_handoff_give(segment);
   urcu_bp_call_rcu(&segment->rcu_head, fn);
+  /* Release: the enqueue is complete before the forking thread sees the
+   * count drop (its acquire load), so before the fork. */
+  pn_atomic_fetch_sub_acq_rel(&depot_xcalling, 1);
+}
+
+/* Hand every segment on depot_pending to call_rcu (each with the callback
+ * it was meant for). The caller has set depot_in_urcu. */
+static void depot_pending_flush(void) {
+  if (cds_lfs_empty(&depot_pending))
+    return;
+  struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_pending);
+  for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
+    pn_segment_t *pending = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
+    next = node->next; /* after the handoff's acquire */
+    depot_call_rcu(pending, pending->rcu_head.func);
+  }
 }
 
 /* call_rcu callbacks: a grace period has passed since the segment was last
@@ -182,19 +223,13 @@ void pn_depot_release(pn_segment_t *segment) {
   pn_atomic_store_relaxed(&segment->xowner, 0);
   pn_purge_segment_forget(segment); /* before the grace period: purgers let go of it */
   if (depot_in_urcu) {
+    segment->rcu_head.func = depot_release_rcu; /* depot_pending_flush passes it on */
     depot_push(&depot_pending, segment);
     return;
   }
   depot_in_urcu = true;
   depot_call_rcu(segment, depot_release_rcu);
-  if (!cds_lfs_empty(&depot_pending)) {
-    struct cds_lfs_head *head = __cds_lfs_pop_all(&depot_pending);
-    for (struct cds_lfs_node *node = head ? &head->node : NULL, *next; node != NULL; node = next) {
-      pn_segment_t *pending = depot_handoff_take(caa_container_of(node, pn_segment_t, depot_node));
-      next = node->next; /* after the handoff's acquire */
-      depot_call_rcu(pending, depot_release_rcu);
-    }
-  }
+  depot_pending_flush();
   depot_in_urcu = false;
 }
 
@@ -252,9 +287,23 @@ pn_segment_t *pn_depot_take_cached(void) {
 /* fork: liburcu's call_rcu worker and the urcu-bp registry must be quiesced
  * around fork (liburcu's README, "Interaction with fork()"). pantry's own
  * allocation paths hold no lock, so these handlers cannot deadlock with a
- * malloc that a callback makes. */
+ * malloc that a callback makes.
+ *
+ * First the gate (depot_call_rcu): close it, then wait until no thread is
+ * inside urcu_bp_call_rcu. This comes before liburcu's handlers, which
+ * take the locks that a thread inside call_rcu may be waiting for (the
+ * call_rcu lock when its first call creates the worker, the registry lock
+ * when its read-side section registers it). The threads in there hold no
+ * lock of ours and never wait for this one, so the wait ends; threads that
+ * come to the gate meanwhile push on depot_pending and go on. */
 void pn_depot_fork_prepare(void) {
   depot_in_urcu = true;
+  pn_atomic_store_release32(&depot_xforking, 1);
+  /* Partner of the fence in depot_call_rcu. */
+  pn_atomic_fence_seq_cst();
+  /* Acquire: matches each caller's release decrement after its enqueue. */
+  while (pn_atomic_load_acquire(&depot_xcalling) != 0)
+    sched_yield();
   urcu_bp_call_rcu_before_fork();
   urcu_bp_before_fork();
 }
@@ -262,11 +311,18 @@ void pn_depot_fork_prepare(void) {
 void pn_depot_fork_parent(void) {
   urcu_bp_after_fork_parent();
   urcu_bp_call_rcu_after_fork_parent();
+  pn_atomic_store_release32(&depot_xforking, 0);
+  depot_pending_flush(); /* what came to the gate while it was closed */
   depot_in_urcu = false;
 }
 
 void pn_depot_fork_child(void) {
   urcu_bp_after_fork_child();
   urcu_bp_call_rcu_after_fork_child();
+  /* The threads counted in depot_xcalling are gone: they were only on
+   * their way out of the gate (its count was seen at 0 while it closed). */
+  pn_atomic_store_relaxed(&depot_xcalling, 0);
+  pn_atomic_store_release32(&depot_xforking, 0);
+  depot_pending_flush();
   depot_in_urcu = false;
 }

@@ -519,8 +519,21 @@ static void purge_thread_command(uint32_t command) {
   purge_thread_kick(true);
 }
 
+/* Before fork: wait out LIFE_STARTING, then pause a started thread. The
+ * starter is between its CAS and its store of the outcome, running
+ * pthread_create, which never waits for the forking thread (on the first
+ * start it also runs pthread_atfork, which may, but then this handler is
+ * not registered yet and does not run); the new thread may already be
+ * scanning. Without the wait it would run on through
+ * the fork, and the child would inherit LIFE_STARTING for good: no purge
+ * thread would ever start there, and exit() would spin in purge_unload. */
 static void purge_fork_prepare(void) {
-  if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED)
+  uint32_t life = pn_atomic_load_acquire32(&purge_xlife);
+  while (life == LIFE_STARTING) { /* acquire: matches the starter's store of the outcome */
+    sched_yield();
+    life = pn_atomic_load_acquire32(&purge_xlife);
+  }
+  if (life != LIFE_STARTED)
     return;
   purge_thread_command(COMMAND_PAUSE);
   while (pn_atomic_load_acquire32(&purge_xack) != COMMAND_PAUSE)

@@ -124,16 +124,18 @@ int child_work(pantry_pool_t *shared_pool, unsigned seed, bool threads_ok) {
 
 } // namespace
 
-// Hidden from CTest ("[.]"; run it by hand with `pantry_tests "[fork]"`):
-// an open bug. About once in eight runs under load, a child hangs (killed
-// after the timeout), consistent with a race between fork and the first
-// deferred frees of the busy threads that was seen under TSan: the child
-// waited in pantry_deferred_barrier while urcu-memb's call_rcu thread sat
-// in synchronize_rcu. Not yet diagnosed; see the closing note of the
-// session that hid it. A flake here would turn every CI run red at random.
+// Issue 5: this test caught two hangs of a child. A fork that froze a
+// busy thread between the two steps of its wait-free enqueue on pantry's
+// handover queue left a hole that the child's worker waited on forever;
+// and a fork while pantry's worker was running but not yet published as
+// started left it unparked inside urcu-memb, so the child's grace periods
+// waited forever for a reader that no longer existed. (The same hole in
+// urcu-bp's call_rcu queue, from a segment release, was fixed with them.)
+// The busy threads' first deferred frees race with the first forks on
+// purpose: no warm-up.
 TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees the child "
           "allocates and frees and starts a thread and exits cleanly",
-          "[.][stress][fork]") {
+          "[stress][fork]") {
   const bool child_threads = children_may_start_threads();
   const std::size_t scale = test_scale();
   pantry_pool_config_t cfg{};
@@ -147,16 +149,6 @@ TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees
   pantry_arena_t *shared_arena = pantry_arena_create(&acfg);
   REQUIRE(shared_arena != nullptr);
 
-  // The deferred machinery (pantry's worker, liburcu's call_rcu thread,
-  // the fork handlers) starts before the busy threads do. Without this
-  // (PANTRY_TEST_FORK_COLD=1), the first fork races with the first deferred
-  // free; under ThreadSanitizer about 1 run in 4 then has its first child
-  // hang in pantry_deferred_barrier (urcu-memb's call_rcu thread never
-  // finishes a grace period) or die of SIGSEGV: under investigation.
-  if (std::getenv("PANTRY_TEST_FORK_COLD") == nullptr) {
-    pantry_free_deferred(pantry_malloc(64));
-    pantry_deferred_barrier();
-  }
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> busy_ops{0};
   std::vector<std::thread> busy;
@@ -197,7 +189,10 @@ TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees
         pantry_pool_free(pool, o);
     });
 
-  const int forks = static_cast<int>(30 * scale);
+  // A fork and its child take about 0.2 s (the child's two barriers wait
+  // for grace periods; liburcu's fork handshakes poll): 16 keep the test
+  // to a few seconds. PANTRY_TEST_SCALE=N for N times as many.
+  const int forks = static_cast<int>(16 * scale);
   int failures = 0;
   std::string first_failure;
   const double t0 = monotonic_seconds();

@@ -87,20 +87,12 @@ TEST_CASE("lifecycle: fork while other threads allocate - the child allocates an
   WARN("skipped: ThreadSanitizer cannot start threads in the child of a multi-threaded fork");
   return;
 #endif
-#if defined(__SANITIZE_ADDRESS__)
-#define PANTRY_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PANTRY_TEST_ASAN 1
-#endif
-#endif
-#ifdef PANTRY_TEST_ASAN
-  // Under AddressSanitizer a child of this test hangs (seen once in CI, not yet
-  // explained; the test's own std::vector and std::thread use ASan's malloc, not
-  // pantry's). test_fork.cpp's larger fork test runs under ASan and passes.
-  WARN("skipped under AddressSanitizer: see the comment");
-  return;
-#endif
+  // A child of this test hung once under AddressSanitizer (CI, no stacks
+  // kept). The likely cause, a rare race in any build (issue 5): a fork that
+  // froze a busy thread inside urcu-bp's call_rcu enqueue of a segment
+  // release left a hole in the child's call_rcu queue, which liburcu's
+  // after_fork_child or the child's call_rcu thread waits on forever.
+  // depot.c now closes a gate in front of that call before fork.
   std::atomic<bool> stop{false};
   std::vector<std::thread> busy;
   for (int t = 0; t < 3; t++)
