@@ -359,25 +359,61 @@ static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
   pn_track_link_close(block);
 }
 
+/* Whether the decoded link `next` of free block `block` is NULL or an
+ * address in the block's segment: three instructions and no load on the
+ * allocation fast path (a check against the page's own bounds costs two
+ * loads more). */
+static inline bool pn_block_link_is_valid(const pn_block_t *block, const pn_block_t *next) {
+  return (((uintptr_t)next ^ (uintptr_t)block) >> PN_SEGMENT_SHIFT) == 0 || next == NULL;
+}
+
+_Noreturn void pn_page_link_corrupt(const pn_page_t *page, const pn_block_t *block,
+                                    const pn_block_t *next) PN_HIDDEN PN_COLD;
+
 /* Pop the first block of page->free (not empty) and hand it out. Its link
  * word is cleared, so an allocated block never carries a valid link: a later
  * free finds user data there, or 0, which decodes to the page key, never to
- * NULL or into the page. Owner only. */
+ * NULL or into the page. Secure builds check the decoded link first: a
+ * write after free that changed it (without knowing the page key) makes it
+ * point out of the segment, and pantry aborts instead of handing that
+ * address out. Owner only. */
 static inline pn_block_t *pn_page_pop(pn_page_t *page) {
   pn_block_t *block = page->free;
-  page->free = pn_block_next(page, block);
+  pn_block_t *next = pn_block_next(page, block);
+  if (pn_secure && PN_UNLIKELY(!pn_block_link_is_valid(block, next)))
+    pn_page_link_corrupt(page, block, next);
+  page->free = next;
   pn_track_alloc(block, page->block_size, pn_secure);
   page->used++;
   return block;
 }
 
-/* A block goes back to its page's lists: fill and poison it (track.h).
- * Secure builds catch here a double free from any thread: a free block's
- * word 1 holds the fill, an allocated block's was cleared by pn_page_pop. */
+/* A block goes back to its page's lists by its owner: fill and poison it
+ * (track.h). Secure builds catch here a double free: a free block's word 1
+ * holds the fill, an allocated block's was cleared by pn_page_pop. */
 static inline void pn_block_release(const pn_page_t *page, pn_block_t *block, const char *fn) {
   if (pn_secure && PN_UNLIKELY(pn_track_is_filled(block)))
     pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; block size %zu)", fn,
              (void *)block, page->block_size);
+  pn_track_free(block, page->block_size, pn_secure);
+}
+
+/* The same for a free by a thread that does not own the page. Secure builds
+ * claim the block with one atomic exchange of the fill into word 1, so of
+ * two threads that free the same block at the same time exactly one reads
+ * the word the allocation left there, and the other reads the fill and
+ * aborts. Relaxed is enough: the claim needs only the single modification
+ * order of word 1 (its partner is the other freer's exchange); the block's
+ * contents reach the owner through the release CAS of the push. A race of
+ * the owner's plain free (pn_block_release) with a remote one is not
+ * caught at the moment they overlap; either order one after the other is. */
+static inline void pn_block_release_remote(const pn_page_t *page, pn_block_t *block,
+                                           const char *fn) {
+  if (pn_secure && PN_UNLIKELY(pn_atomic_exchange_relaxed_word(&((uint64_t *)block)[1],
+                                                               PN_FREE_FILL64) == PN_FREE_FILL64))
+    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; freed from a "
+             "thread that does not own it; block size %zu)",
+             fn, (void *)block, page->block_size);
   pn_track_free(block, page->block_size, pn_secure);
 }
 

@@ -145,7 +145,7 @@ bool pn_page_try_mark_full(pn_page_t *page) {
  * heap.c's heap_reclaim_full). */
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) {
-  pn_block_release(page, block, fn);
+  pn_block_release_remote(page, block, fn);
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
   do {
@@ -162,6 +162,13 @@ void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *blo
 void *pn_page_block_start(const pn_page_t *page, const void *p) {
   size_t off = (size_t)((const uint8_t *)p - page->page_start);
   return page->page_start + off - off % page->block_size;
+}
+
+/* Secure builds: page->free's first block links out of its segment. */
+void pn_page_link_corrupt(const pn_page_t *page, const pn_block_t *block, const pn_block_t *next) {
+  pn_fatal("free list of page %p (block size %zu) is corrupt: free block %p links to %p, outside "
+           "its segment (a write to the block after it was freed)",
+           (void *)page, page->block_size, (void *)block, (void *)next);
 }
 
 /* Debug: whether `block` is already on the page's free or local free list.
