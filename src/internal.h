@@ -236,7 +236,9 @@ struct pn_segment {
 #define PN_SEGMENT_HEADER_SIZE                                                                     \
   ((sizeof(pn_segment_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1))
 /* Secure builds put a PROT_NONE guard page after the header (around the
- * metadata) and one at the end of every segment (between segments). */
+ * metadata) and one at the end of every segment, huge ones included
+ * (between segments): set with mprotect when the segment is mapped, kept
+ * while it is cached, so they cost nothing on the alloc and free paths. */
 #define PN_SEGMENT_GUARD_SIZE (pn_secure ? PN_OS_PAGE_SIZE : 0)
 #define PN_SEGMENT_FIRST_OFFSET (PN_SEGMENT_HEADER_SIZE + PN_SEGMENT_GUARD_SIZE)
 
