@@ -390,32 +390,49 @@ static inline pn_block_t *pn_page_pop(pn_page_t *page) {
   return block;
 }
 
-/* A block goes back to its page's lists by its owner: fill and poison it
- * (track.h). Secure builds catch here a double free: a free block's word 1
- * holds the fill, an allocated block's was cleared by pn_page_pop. */
+/* Secure builds: the free mark, which word 1 of a block holds while the
+ * block is free (pn_page_pop clears it when the block is handed out). It
+ * is derived from the page key, so a program cannot store it by chance (a
+ * constant pattern could be the program's own: a block memset to 0xDF
+ * would read as free). */
+static inline uint64_t pn_block_free_mark(const pn_page_t *page, const pn_block_t *block) {
+  return ~((uintptr_t)block ^ page->key);
+}
+
+/* A block goes back to its page's lists by its owner: mark it free, fill
+ * and poison it (track.h). Secure builds catch here a double free: a free
+ * block's word 1 holds the free mark, an allocated block's was cleared by
+ * pn_page_pop. */
 static inline void pn_block_release(const pn_page_t *page, pn_block_t *block, const char *fn) {
-  if (pn_secure && PN_UNLIKELY(pn_track_is_filled(block)))
-    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; block size %zu)", fn,
-             (void *)block, page->block_size);
+  if (pn_secure) {
+    uint64_t mark = pn_block_free_mark(page, block);
+    if (PN_UNLIKELY(((const uint64_t *)block)[1] == mark))
+      pn_fatal("%s(%p): double free (secure mode: the block holds the free mark; block size %zu)",
+               fn, (void *)block, page->block_size);
+    ((uint64_t *)block)[1] = mark;
+  }
   pn_track_free(block, page->block_size, pn_secure);
 }
 
 /* The same for a free by a thread that does not own the page. Secure builds
- * claim the block with one atomic exchange of the fill into word 1, so of
- * two threads that free the same block at the same time exactly one reads
- * the word the allocation left there, and the other reads the fill and
- * aborts. Relaxed is enough: the claim needs only the single modification
- * order of word 1 (its partner is the other freer's exchange); the block's
- * contents reach the owner through the release CAS of the push. A race of
- * the owner's plain free (pn_block_release) with a remote one is not
- * caught at the moment they overlap; either order one after the other is. */
+ * claim the block with one atomic exchange of the free mark into word 1,
+ * so of two threads that free the same block at the same time exactly one
+ * reads the word the allocation left there, and the other reads the mark
+ * and aborts. Relaxed is enough: the claim needs only the single
+ * modification order of word 1 (its partner is the other freer's
+ * exchange); the block's contents reach the owner through the release CAS
+ * of the push. A race of the owner's plain free (pn_block_release) with a
+ * remote one is not caught at the moment they overlap; either order one
+ * after the other is. */
 static inline void pn_block_release_remote(const pn_page_t *page, pn_block_t *block,
                                            const char *fn) {
-  if (pn_secure && PN_UNLIKELY(pn_atomic_exchange_relaxed_word(&((uint64_t *)block)[1],
-                                                               PN_FREE_FILL64) == PN_FREE_FILL64))
-    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; freed from a "
-             "thread that does not own it; block size %zu)",
-             fn, (void *)block, page->block_size);
+  if (pn_secure) {
+    uint64_t mark = pn_block_free_mark(page, block);
+    if (PN_UNLIKELY(pn_atomic_exchange_relaxed_word(&((uint64_t *)block)[1], mark) == mark))
+      pn_fatal("%s(%p): double free (secure mode: the block holds the free mark; freed from a "
+               "thread that does not own it; block size %zu)",
+               fn, (void *)block, page->block_size);
+  }
   pn_track_free(block, page->block_size, pn_secure);
 }
 

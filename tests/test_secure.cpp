@@ -63,15 +63,17 @@ std::size_t count_not(const void *p, std::size_t from, std::size_t to, unsigned 
 }
 
 /* Free `p` (usable size `usable`, all 0x11) with `free_it`, then check its
- * bytes 8.. (bytes 0..7 hold the free-list link): the first 64 hold the fill
- * in a secure build, and a normal build wrote none of them. */
+ * bytes 8.. (bytes 0..7 hold the free-list link). In a secure build bytes
+ * 8..15 hold the free mark (derived from a secret key: not the program's
+ * bytes) and 16..63 the fill; a normal build wrote none of them. */
 template <class Free> void check_fill_after(void *p, std::size_t usable, Free free_it) {
   std::memset(p, 0x11, usable);
   free_it(p);
   std::size_t head = usable < kFillBytes ? usable : kFillBytes;
   INFO("usable size " << usable);
   if (secure_build()) {
-    CHECK(count_not(p, 8, head, kFill) == 0);
+    CHECK(count_not(p, 8, 16, 0x11) != 0);
+    CHECK(count_not(p, 16, head, kFill) == 0);
   } else {
     CHECK(count_not(p, 8, usable, 0x11) == 0);
   }
@@ -133,7 +135,7 @@ template <class F> void require_aborts(F mistake, const std::vector<std::string>
 
 } // namespace
 
-TEST_CASE("secure: the first 64 bytes of a freed block hold the fill", "[secure]") {
+TEST_CASE("secure: the first 64 bytes of a freed block are overwritten", "[secure]") {
   if (skip_under_asan())
     return;
   for (std::size_t size : {16, 32, 48, 64, 80, 200, 1000, 5000, 40000}) {
@@ -196,7 +198,7 @@ TEST_CASE("secure: a write past the end of a segment faults", "[death][secure]")
 TEST_CASE("secure: a double free after a write to the freed block's link aborts",
           "[death][secure][double-free]") {
   // The normal build's check reads the link word that the write replaced;
-  // the secure build's reads the fill in word 1.
+  // the secure build's reads the free mark in word 1.
   if (skip_unless_secure() || skip_under_asan())
     return;
   void *keep = pantry_malloc(64);
@@ -211,6 +213,27 @@ TEST_CASE("secure: a double free after a write to the freed block's link aborts"
       {"double free", "pantry_free"});
   pantry_free(p);
   pantry_free(keep);
+}
+
+TEST_CASE("secure: a block that the program filled with the fill pattern frees normally",
+          "[secure]") {
+  // The free mark comes from the page key: a program's own bytes, 0xDF
+  // included, never read as "already free".
+  for (std::size_t size : {16, 64, 1000, 3840}) {
+    void *keep = pantry_malloc(size);
+    void *p = pantry_malloc(size);
+    REQUIRE(p != nullptr);
+    std::memset(p, kFill, size);
+    void *q = nullptr;
+    std::thread([&q, size] {
+      q = pantry_malloc(size);
+      std::memset(q, kFill, size);
+    }).join();
+    pantry_free(p);
+    pantry_free(q); // a remote free into the exited thread's segment
+    pantry_free(keep);
+  }
+  SUCCEED("no false double free");
 }
 
 TEST_CASE("secure: a write after free that corrupts a free list aborts at the next allocation",
