@@ -164,13 +164,6 @@ void *pn_page_block_start(const pn_page_t *page, const void *p) {
   return page->page_start + off - off % page->block_size;
 }
 
-/* Secure builds: page->free's first block links out of its segment. */
-void pn_page_link_corrupt(const pn_page_t *page, const pn_block_t *block, const pn_block_t *next) {
-  pn_fatal("free list of page %p (block size %zu) is corrupt: free block %p links to %p, outside "
-           "its segment (a write to the block after it was freed)",
-           (void *)page, page->block_size, (void *)block, (void *)next);
-}
-
 /* Debug: whether `block` is already on the page's free or local free list.
  * Owner only; O(blocks). */
 bool pn_page_contains_free(const pn_page_t *page, const void *block) {
