@@ -130,4 +130,11 @@ static inline void pn_atomic_store_relaxed8(uint8_t *p, uint8_t v) {
   __atomic_store_n(p, v, __ATOMIC_RELAXED);
 }
 
+/* A plain word of a block that threads may race on only when a program
+ * frees the block twice at once (secure mode's claim of a freed block,
+ * internal.h): relaxed atomic exchange without an _Atomic type. */
+static inline uint64_t pn_atomic_exchange_relaxed_word(uint64_t *p, uint64_t v) {
+  return __atomic_exchange_n(p, v, __ATOMIC_RELAXED);
+}
+
 #endif /* PN_ATOMIC_H */

@@ -272,7 +272,9 @@ struct pn_segment {
 #define PN_SEGMENT_HEADER_SIZE                                                                     \
   ((sizeof(pn_segment_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1))
 /* Secure builds put a PROT_NONE guard page after the header (around the
- * metadata) and one at the end of every segment (between segments). */
+ * metadata) and one at the end of every segment, huge ones included
+ * (between segments): set with mprotect when the segment is mapped, kept
+ * while it is cached, so they cost nothing on the alloc and free paths. */
 #define PN_SEGMENT_GUARD_SIZE (pn_secure ? PN_OS_PAGE_SIZE : 0)
 #define PN_SEGMENT_FIRST_OFFSET (PN_SEGMENT_HEADER_SIZE + PN_SEGMENT_GUARD_SIZE)
 
@@ -408,7 +410,11 @@ static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
 /* Pop the first block of page->free (not empty) and hand it out. Its link
  * word is cleared, so an allocated block never carries a valid link: a later
  * free finds user data there, or 0, which decodes to the page key, never to
- * NULL or into the page. Owner only. */
+ * NULL or into the page. Owner only. (A secure build also checked here that
+ * the decoded link was NULL or inside the block's segment, against writes
+ * after free: 2.6% more instructions on the server simulation, but 21% and
+ * 29% more CPU time than the normal build in two runs of 16 and 12
+ * alternating repetitions, against 2% without the check; dropped.) */
 static inline pn_block_t *pn_page_pop(pn_page_t *page) {
   pn_block_t *block = page->free;
   page->free = pn_block_next(page, block);
@@ -417,13 +423,49 @@ static inline pn_block_t *pn_page_pop(pn_page_t *page) {
   return block;
 }
 
-/* A block goes back to its page's lists: fill and poison it (track.h).
- * Secure builds catch here a double free from any thread: a free block's
- * word 1 holds the fill, an allocated block's was cleared by pn_page_pop. */
+/* Secure builds: the free mark, which word 1 of a block holds while the
+ * block is free (pn_page_pop clears it when the block is handed out). It
+ * is derived from the page key, so a program cannot store it by chance (a
+ * constant pattern could be the program's own: a block memset to 0xDF
+ * would read as free). */
+static inline uint64_t pn_block_free_mark(const pn_page_t *page, const pn_block_t *block) {
+  return ~((uintptr_t)block ^ page->key);
+}
+
+/* A block goes back to its page's lists by its owner: mark it free, fill
+ * and poison it (track.h). Secure builds catch here a double free: a free
+ * block's word 1 holds the free mark, an allocated block's was cleared by
+ * pn_page_pop. */
 static inline void pn_block_release(const pn_page_t *page, pn_block_t *block, const char *fn) {
-  if (pn_secure && PN_UNLIKELY(pn_track_is_filled(block)))
-    pn_fatal("%s(%p): double free (secure mode: the block holds the free fill; block size %zu)", fn,
-             (void *)block, page->block_size);
+  if (pn_secure) {
+    uint64_t mark = pn_block_free_mark(page, block);
+    if (PN_UNLIKELY(((const uint64_t *)block)[1] == mark))
+      pn_fatal("%s(%p): double free (secure mode: the block holds the free mark; block size %zu)",
+               fn, (void *)block, page->block_size);
+    ((uint64_t *)block)[1] = mark;
+  }
+  pn_track_free(block, page->block_size, pn_secure);
+}
+
+/* The same for a free by a thread that does not own the page. Secure builds
+ * claim the block with one atomic exchange of the free mark into word 1,
+ * so of two threads that free the same block at the same time exactly one
+ * reads the word the allocation left there, and the other reads the mark
+ * and aborts. Relaxed is enough: the claim needs only the single
+ * modification order of word 1 (its partner is the other freer's
+ * exchange); the block's contents reach the owner through the release CAS
+ * of the push. A race of the owner's plain free (pn_block_release) with a
+ * remote one is not caught at the moment they overlap; either order one
+ * after the other is. */
+static inline void pn_block_release_remote(const pn_page_t *page, pn_block_t *block,
+                                           const char *fn) {
+  if (pn_secure) {
+    uint64_t mark = pn_block_free_mark(page, block);
+    if (PN_UNLIKELY(pn_atomic_exchange_relaxed_word(&((uint64_t *)block)[1], mark) == mark))
+      pn_fatal("%s(%p): double free (secure mode: the block holds the free mark; freed from a "
+               "thread that does not own it; block size %zu)",
+               fn, (void *)block, page->block_size);
+  }
   pn_track_free(block, page->block_size, pn_secure);
 }
 

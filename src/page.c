@@ -151,7 +151,7 @@ bool pn_page_try_mark_full(pn_page_t *page) {
  * heap.c's heap_reclaim_full). */
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) {
-  pn_block_release(page, block, fn);
+  pn_block_release_remote(page, block, fn);
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
   do {

@@ -78,7 +78,11 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
     errno = ENOMEM;
     return NULL;
   }
-  size_t mapping = (offset + size + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);
+  /* Secure builds end the mapping with a guard page too, as every segment
+   * does: an overflow off the end of a huge block faults instead of
+   * reaching whatever is mapped next (another segment's header, say). */
+  size_t mapping =
+      ((offset + size + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1)) + PN_SEGMENT_GUARD_SIZE;
   pn_segment_t *segment = pn_os_alloc_aligned(mapping, PN_SEGMENT_SIZE);
   if (segment == NULL)
     return NULL;
@@ -88,15 +92,17 @@ pn_segment_t *pn_segment_alloc_huge(size_t size, size_t align, void **block) {
   segment->used_pages = 1;
   pn_page_t *page = &segment->pages[0];
   page->page_start = (uint8_t *)segment + offset;
-  page->block_size = mapping - offset;
+  page->block_size = mapping - PN_SEGMENT_GUARD_SIZE - offset;
   page->reserved = page->capacity = page->used = 1;
   page->bin = PN_BIN_HUGE;
   page->area = 1; /* only the block's first byte is a valid free pointer */
   page->block_odd_inv = 1;
   page->block_shift = 0;
   page->block_div_limit = UINT32_MAX;
-  if (pn_secure)
+  if (pn_secure) {
     pn_os_protect((uint8_t *)segment + PN_SEGMENT_HEADER_SIZE, PN_SEGMENT_GUARD_SIZE);
+    pn_os_protect((uint8_t *)segment + mapping - PN_SEGMENT_GUARD_SIZE, PN_SEGMENT_GUARD_SIZE);
+  }
   pn_segment_map_set(segment, true);
   pn_stat_add(PN_STAT_HUGE_MAPPED, 1);
   pn_stat_add(PN_STAT_BYTES_MAPPED, mapping);
