@@ -69,7 +69,11 @@
  *   purge_xlife       LIFE_*: the thread that starts (CAS) or stops it, fork child
  *   purge_xwake       futex word, WAKE_*: the thread says how it sleeps; a
  *                     kicker CASes it back to RUNNING and wakes it
- *   purge_xcommand    futex word, COMMAND_*: fork and unload; purge_xack is the answer
+ *   purge_xcommand    futex word, COMMAND_*: fork and unload; a pause carries the
+ *                     fork's sequence number (COMMAND_PAUSE | seq << 2), and
+ *                     the thread answers a pause by storing that word in
+ *                     purge_xack, so an answer to an earlier fork never
+ *                     passes for this one
  *   pn_purge_xdelay_ns  atomic relaxed: options.c
  */
 #include <errno.h>
@@ -412,6 +416,8 @@ static pn_atomic_uint32_t purge_xlife;
 static pn_atomic_uint32_t purge_xwake;
 static pn_atomic_uint32_t purge_xcommand;
 static pn_atomic_uint32_t purge_xack;
+static uint32_t
+    purge_pause_seq; /* the forking thread's (glibc runs fork handlers one fork at a time) */
 static pthread_t purge_thread;       /* written by the thread that starts it, read by the stopper */
 static bool purge_atfork_registered; /* written once, by the first starter (LIFE_STARTING) */
 
@@ -483,10 +489,17 @@ static void *purge_thread_main(void *arg) {
     uint32_t command = pn_atomic_load_acquire32(&purge_xcommand);
     if (command == COMMAND_STOP)
       break;
-    if (command == COMMAND_PAUSE) { /* fork: no claim is held between scans */
-      pn_atomic_store_release32(&purge_xack, COMMAND_PAUSE);
+    if ((command & 3u) == COMMAND_PAUSE) { /* fork: no claim is held between scans */
+      /* Answer this very pause, then sleep while the word stays the same:
+       * the parent's resume, or the next fork's pause (a new sequence
+       * number, which may come before this thread even went to sleep),
+       * changes it, and the loop answers again. (A pause answered with a
+       * constant deadlocked: a fork right after another set PAUSE again
+       * before the thread slept, so it slept on, the forker waiting for an
+       * answer that never came.) */
+      pn_atomic_store_release32(&purge_xack, command);
       purge_futex_wake(&purge_xack);
-      purge_futex_wait(&purge_xcommand, COMMAND_PAUSE, UINT64_MAX);
+      purge_futex_wait(&purge_xcommand, command, UINT64_MAX);
       continue;
     }
     /* PANTRY_PURGE_THREAD=0 set at run time: sleep until set again. */
@@ -535,15 +548,15 @@ static void purge_fork_prepare(void) {
   }
   if (life != LIFE_STARTED)
     return;
-  purge_thread_command(COMMAND_PAUSE);
-  while (pn_atomic_load_acquire32(&purge_xack) != COMMAND_PAUSE)
-    purge_futex_wait(&purge_xack, COMMAND_NONE, UINT64_MAX);
+  uint32_t pause = COMMAND_PAUSE | (++purge_pause_seq << 2);
+  purge_thread_command(pause);
+  for (uint32_t ack; (ack = pn_atomic_load_acquire32(&purge_xack)) != pause;)
+    purge_futex_wait(&purge_xack, ack, UINT64_MAX);
 }
 
 static void purge_fork_parent(void) {
   if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED)
     return;
-  pn_atomic_store_release32(&purge_xack, COMMAND_NONE);
   purge_thread_command(COMMAND_NONE);
 }
 
