@@ -42,10 +42,26 @@ const pantry_size_class_stats_t &class_of(const pantry_stats_t &s, std::size_t s
 
 void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
+// Settle what earlier test cases in this process left in flight, so that only
+// the case's own calls move the figures it compares: frees still deferred
+// (pantry_deferred_barrier), and segments of exited threads waiting in the
+// depot (pantry_collect adopts them all, collects the frees other threads
+// made into them, and purges and unmaps what is empty). Without it, the
+// case's first pantry_malloc may adopt such a segment and collect those
+// frees, and the background purge thread may tidy or unmap one, between the
+// case's `before` and `after`: counts of other size classes, or the mapped
+// and committed bytes, then move by what other threads did long before. Under
+// ctest each case runs alone in a fresh process and this does nothing.
+void settle() {
+  pantry_deferred_barrier();
+  pantry_collect(true);
+}
+
 } // namespace
 
 TEST_CASE("stats: the calling thread's blocks are counted exactly", "[stats]") {
   const std::size_t n = 1000 * pantry_test::test_scale();
+  settle();
   pantry_stats_t before = stats_now();
   std::vector<void *> blocks(n);
   for (auto &b : blocks)
@@ -139,6 +155,7 @@ TEST_CASE("stats: an abandoned segment's blocks move with it to the adopting thr
 }
 
 TEST_CASE("stats: huge blocks - mapped - committed and resident bytes", "[stats]") {
+  settle();
   pantry_stats_t before = stats_now();
   const std::size_t huge = 3u << 20;
   char *p = static_cast<char *>(pantry_malloc(huge));
