@@ -676,7 +676,7 @@ def plot_all(h, outdir, alloc_table, allocs, timelines, httpd):
                   "set style data histograms\nset style fill solid 0.8\nset boxwidth 0.8\n"
                   "set ylabel 'server CPU µs per request (median)'\nset y2label 'peak RSS MiB'\n"
                   "set y2tics\nset ytics nomirror\nset yrange [0:*]\nset y2range [0:*]\n"
-                  "set grid y\nset xtics rotate by -20 scale 0\nset key bottom right opaque\n"
+                  "set grid y\nset xtics rotate by -20 scale 0\nset key above\n"
                   "plot 'httpd.dat' using 4:xtic(1) lc rgb '#1f77b4' title 'CPU µs/request', "
                   "'' using 0:3 axes x1y2 with points pt 7 ps 1.5 lc rgb '#d62728' "
                   "title 'peak RSS'\n")
