@@ -9,9 +9,11 @@ purge: bench_purge (a burst of N MiB freed, then the resident set sampled
 httpd: examples/httpd.c loaded with wrk on loopback for a bounded time:
     pantry_httpd (a pool per connection, an arena per request) and
     pantry_httpd_malloc (malloc and free per object) under each allocator;
-    requests per second and the server's peak RSS (ru_maxrss).
+    requests per second, the server's CPU time per request and its peak RSS
+    (VmHWM), with pantry's paired ratios to each variant.
 plots: throughput against thread count per workload (the alloc section),
-    RSS over time for the purge workload, requests/s and RSS for httpd.
+    RSS over time for the purge workload, server CPU per request and RSS for
+    httpd.
 """
 
 import json
@@ -228,13 +230,54 @@ WRK_HEADERS = ["User-Agent: wrk (pantry bench)", "Accept: text/html,application/
                "Cookie: session=0123456789abcdef; theme=dark", "Cache-Control: no-cache"]
 
 
-def run_httpd_once(h, server, preload, root, threads, wrk_args, timeout):
-    """Start the server, load it with wrk, stop it. Returns a result dict."""
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid):
+    """CPU time of process pid, all its threads (user + system), in seconds, or None.
+    The process's CPU-time clock (clock_getcpuclockid's id: (~pid << 3) | 2,
+    CPUCLOCK_SCHED): nanoseconds of run time; else utime + stime of
+    /proc/PID/stat, in clock ticks (10 ms)."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2) / 1e9
+    except (OSError, AttributeError, OverflowError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def proc_hwm_kib(pid):
+    """VmHWM of process pid (its peak resident set), in KiB, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def cpu_list(cpus):
+    return ",".join(str(c) for c in cpus)
+
+
+def run_httpd_once(h, server, preload, root, server_cpus, wrk_cpus, threads, wrk_args, timeout):
+    """Start the server (on server_cpus, if any), load it with wrk (on wrk_cpus),
+    stop it. Returns a result dict: rps, requests, the server's CPU time over
+    the wrk run per request (cpu_ns_per_op), its peak RSS (VmHWM just before
+    it stops, and ru_maxrss)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pantry-httpd-") as tmp:
         out_path, err_path = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-        pid = h.start_bench([server, "--port", str(port), "--threads", str(threads),
-                             "--root", root], preload, out_path, err_path)
+        cmd = [server, "--port", str(port), "--threads", str(threads), "--root", root]
+        if server_cpus:
+            cmd = ["taskset", "-c", cpu_list(server_cpus), *cmd]
+        pid = h.start_bench(cmd, preload, out_path, err_path)
         res = {}
         try:
             if not wait_listening(port, pid):
@@ -244,12 +287,24 @@ def run_httpd_once(h, server, preload, root, threads, wrk_args, timeout):
                 for hd in WRK_HEADERS:
                     cmd += ["-H", hd]
                 cmd.append(f"http://127.0.0.1:{port}/index.html")
+                if wrk_cpus:
+                    cmd = ["taskset", "-c", cpu_list(wrk_cpus), *cmd]
+                cpu0 = proc_cpu_s(pid)
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+                cpu1 = proc_cpu_s(pid)
+                hwm = proc_hwm_kib(pid)
                 m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-                if not m:
+                n = re.search(r"(\d+) requests in", out)
+                if not m or not n:
                     res["error"] = f"no Requests/sec from wrk: {out[-300:]!r}"
                 else:
                     res["rps"] = float(m.group(1))
+                    res["requests"] = int(n.group(1))
+                    if cpu0 is not None and cpu1 is not None and res["requests"] > 0:
+                        res["server_cpu_s"] = cpu1 - cpu0
+                        res["cpu_ns_per_op"] = (cpu1 - cpu0) * 1e9 / res["requests"]
+                    if hwm is not None:
+                        res["hwm_kib"] = hwm
                     for pct in ("50", "99"):
                         lm = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
                         if lm:
@@ -280,6 +335,109 @@ def run_httpd_once(h, server, preload, root, threads, wrk_args, timeout):
     return res
 
 
+def httpd_placement(args, ncpu):
+    """(server CPUs, wrk CPUs, server threads, wrk threads) for --httpd-pin."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+        range(ncpu))
+    if args.httpd_pin and len(cpus) >= 2 and shutil.which("taskset"):
+        half = len(cpus) // 2
+        server_cpus, wrk_cpus = cpus[:half], cpus[half:]
+        return server_cpus, wrk_cpus, args.httpd_threads or len(server_cpus), len(wrk_cpus)
+    return None, None, args.httpd_threads or ncpu, max(1, ncpu // 2)
+
+
+def ratio_cell(h, xs):
+    """'1.05× (0.97..1.10)': the median of paired ratios and their range."""
+    if not xs:
+        return "–"
+    return f"{h.median(xs):.2f}× ({min(xs):.2f}..{max(xs):.2f})"
+
+
+HTTPD_PANTRY = "pantry: pool + arena"
+
+
+def http_get_fixed(port, n, conns):
+    """Send n GET /index.html requests over `conns` keep-alive connections, one
+    request in flight at a time (so the server's work per request does not
+    depend on timing); True if every answer was a complete 200."""
+    req = ("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           + "".join(hd + "\r\n" for hd in WRK_HEADERS) + "\r\n").encode()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(conns)]
+    bufs = [b""] * conns
+    try:
+        for i in range(n):
+            k = i % conns
+            socks[k].sendall(req)
+            buf = bufs[k]
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    head = buf[:end].decode("latin-1")
+                    m = re.search(r"(?im)^content-length:\s*(\d+)", head)
+                    if m and len(buf) >= end + 4 + int(m.group(1)):
+                        if not head.startswith("HTTP/1.1 200"):
+                            return False
+                        buf = buf[end + 4 + int(m.group(1)):]
+                        break
+                chunk = socks[k].recv(65536)
+                if not chunk:
+                    return False
+                buf += chunk
+            bufs[k] = buf
+    finally:
+        for sk in socks:
+            sk.close()
+    return True
+
+
+def callgrind_ir(h, server, preload, root, n, tmp):
+    """Instructions (callgrind's Ir, user space, every thread) the server runs
+    from its start to its exit when it serves n requests; None on failure."""
+    port = free_port()
+    out = os.path.join(tmp, f"callgrind.{n}.out")
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", server, "--port",
+           str(port), "--threads", "1", "--root", root]
+    pid = h.start_bench(cmd, preload, os.path.join(tmp, "cg-stdout"), os.path.join(tmp, "cg-err"))
+    ok = False
+    try:
+        ok = wait_listening(port, pid, 60.0) and http_get_fixed(port, n, 8)
+    except OSError:
+        ok = False
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        h.wait_bench(pid, 120)
+    try:
+        with open(out) as f:
+            for line in f:
+                if line.startswith("totals:"):
+                    return int(line.split()[1]) if ok else None
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_httpd_callgrind(h, variants, root, n):
+    """{label: Ir per request}: (Ir serving 5n) - (Ir serving n), over 4n:
+    what one more request costs, start-up and exit taken out. Deterministic:
+    the same figure on a busy machine as on an idle one (user space only; the
+    kernel's share, about nine tenths of this server's CPU, is not in it)."""
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="pantry-callgrind-") as tmp:
+        for label, server, preload in variants:
+            small = callgrind_ir(h, server, preload, root, n, tmp)
+            large = callgrind_ir(h, server, preload, root, 5 * n, tmp)
+            if small is None or large is None:
+                h.log(f"httpd callgrind {label}: FAILED")
+                continue
+            figures[label] = (large - small) / (4 * n)
+            h.log(f"httpd callgrind {label}: {figures[label]:.0f} Ir per request")
+    return figures
+
+
+
 def run_httpd_section(h, args, allocs, timeout):
     """Prints the httpd section; returns (failed runs, summary for the plot)."""
     print("\n## The example server (examples/httpd.c) under wrk\n")
@@ -293,64 +451,133 @@ def run_httpd_section(h, args, allocs, timeout):
         print("- skipped: no pantry_httpd / pantry_httpd_malloc in build/ (build the examples)")
         return 0, {}
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = args.httpd_threads or ncpu
-    wrk_threads = max(1, ncpu // 2)
-    conns = 64
+    server_cpus, wrk_cpus, threads, wrk_threads = httpd_placement(args, ncpu)
+    conns = args.httpd_connections
     secs = args.httpd_seconds
     wrk_args = ["-t", str(wrk_threads), "-c", str(conns), "-d", f"{secs}s"]
-    variants = [("pantry: pool + arena", pantry_server, None)]
+    variants = [(HTTPD_PANTRY, pantry_server, None)]
     for name, path, _ in allocs:
         variants.append((f"malloc build, {name}", malloc_server, path))
-    print(f"- server: {pantry_server} and {malloc_server}, {threads} threads (one per core), "
-          f"loopback; GET /index.html ({INDEX_HTML_BYTES} bytes) with {len(WRK_HEADERS) + 1} "
-          "request headers; each request: an arena (pantry) or malloc'd objects (malloc "
-          "build) for the parsed request line and headers, the path, a response buffer and "
-          "the file's descriptor (closed by an arena drop, or by hand)")
-    print(f"- load: {wrk} {' '.join(wrk_args)} (keep-alive), on the same machine; "
-          f"{args.reps} reps, variant order rotated each rep; peak RSS: the server's ru_maxrss",
-          flush=True)
+    where = (f"server pinned to CPU {cpu_list(server_cpus)}, wrk to CPU {cpu_list(wrk_cpus)} "
+             "(taskset)" if server_cpus else "server and wrk not pinned: they share every CPU")
+    print(f"- server: {pantry_server} and {malloc_server}, {threads} threads (one per core "
+          f"it may use), loopback; GET /index.html ({INDEX_HTML_BYTES} bytes) with "
+          f"{len(WRK_HEADERS) + 1} request headers; each request: an arena (pantry) or "
+          "malloc'd objects (malloc build) for the parsed request line and headers, the path, "
+          "a response buffer and the file's descriptor (closed by an arena drop, or by hand)")
+    print(f"- load: {wrk} {' '.join(wrk_args)} (keep-alive), on the same machine; {where}; "
+          f"{args.reps} reps, variant order rotated each rep", flush=True)
+    print("- server CPU per request: the server process's CPU time (user + system, its "
+          "CPU-time clock) over the wrk run divided by the requests wrk counted: less hurt "
+          "than requests/s by other load; "
+          "peak RSS: the server's VmHWM just before it is stopped", flush=True)
     with tempfile.TemporaryDirectory(prefix="pantry-www-") as tmp:
         root = make_docroot(tmp)
         results = []
         for rep in range(args.reps):
             k = rep % len(variants)
             for label, server, preload in variants[k:] + variants[:k]:
-                r = run_httpd_once(h, server, preload, root, threads, wrk_args, secs + 60)
+                r = run_httpd_once(h, server, preload, root, server_cpus, wrk_cpus, threads,
+                                   wrk_args, secs + 60)
                 r.update({"rep": rep, "variant": label})
                 results.append(r)
                 if "error" in r:
                     h.log(f"httpd rep {rep} {label}: FAILED: {r['error']}")
             h.log(f"httpd rep {rep + 1}/{args.reps} done")
-    print("\n| server | requests/s | p50 ms | p99 ms | peak RSS MiB |")
-    print("|---|---|---|---|---|")
+
+        ir = {}
+        if args.httpd_callgrind > 0:
+            if shutil.which("valgrind") is None:
+                h.log("httpd callgrind skipped: valgrind is not installed")
+            else:
+                ir = run_httpd_callgrind(h, variants, root, args.httpd_callgrind)
+
+    def ok(label):
+        return [r for r in results if r["variant"] == label and "error" not in r]
+
+    def paired(label, key, invert=False):
+        """Per rep: pantry's figure over the variant's (its inverse with invert)."""
+        mine = {r["rep"]: r for r in ok(HTTPD_PANTRY) if key in r}
+        out = []
+        for r in ok(label):
+            p = mine.get(r["rep"])
+            if p is not None and key in r and r[key] > 0 and p[key] > 0:
+                out.append(r[key] / p[key] if invert else p[key] / r[key])
+        return out
+
+    print("\n| server | requests/s | server CPU µs/request | p50 ms | p99 ms | peak RSS MiB | "
+          "pantry's requests/s ratio | pantry's CPU/request ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     summary = {}
     for label, _, _ in variants:
-        ok = [r for r in results if r["variant"] == label and "error" not in r]
-        if not ok:
-            print(f"| {label} | FAILED | | | |")
+        good = ok(label)
+        if not good:
+            print(f"| {label} | FAILED | | | | | | |")
             continue
-        rps = [r["rps"] for r in ok]
-        rss = h.median([r["maxrss_kib"] for r in ok]) / 1024.0
-        p50 = h.median([r.get("p50_ms", 0) for r in ok])
-        p99 = h.median([r.get("p99_ms", 0) for r in ok])
-        summary[label] = {"rps": h.median(rps), "rss_mib": rss}
-        print(f"| {label} | {h.median(rps):.0f} ±{h.spread_pct(rps):.0f}% | {p50:.2f} | "
-              f"{p99:.2f} | {rss:.1f} |")
-    p, mi = summary.get("pantry: pool + arena"), summary.get("malloc build, mimalloc")
+        rps = [r["rps"] for r in good]
+        cpu = [r["cpu_ns_per_op"] / 1e3 for r in good if "cpu_ns_per_op" in r]
+        rss = h.median([r.get("hwm_kib", r["maxrss_kib"]) for r in good]) / 1024.0
+        p50 = h.median([r.get("p50_ms", 0) for r in good])
+        p99 = h.median([r.get("p99_ms", 0) for r in good])
+        summary[label] = {"rps": h.median(rps), "rss_mib": rss,
+                          "cpu_us_per_request": h.median(cpu) if cpu else None,
+                          "rps_ratio": paired(label, "rps"),
+                          "cpu_ratio": paired(label, "cpu_ns_per_op", invert=True)}
+        mine = label == HTTPD_PANTRY
+        cpu_cell = f"{h.median(cpu):.2f} ±{h.spread_pct(cpu):.0f}%" if cpu else "–"
+        print(f"| {label} | {h.median(rps):.0f} ±{h.spread_pct(rps):.0f}% | {cpu_cell} | "
+              f"{p50:.2f} | {p99:.2f} | {rss:.2f} | "
+              f"{'–' if mine else ratio_cell(h, summary[label]['rps_ratio'])} | "
+              f"{'–' if mine else ratio_cell(h, summary[label]['cpu_ratio'])} |")
+    def verdict(xs):
+        """met / NOT met by the median of paired ratios, and whether every
+        rep agreed (the range on one side of 1) or the noise hides it."""
+        if not xs:
+            return "no figures"
+        m = h.median(xs)
+        agreed = min(xs) >= 1 or max(xs) < 1
+        return (("met" if m >= 1 else "NOT met") + (", in every rep" if agreed else
+                " by the median; the reps' range crosses 1"))
+
+    p, mi = summary.get(HTTPD_PANTRY), summary.get("malloc build, mimalloc")
     if p and mi:
         print(f"\nRequired: pantry's requests/s at least the malloc build's under mimalloc: "
-              f"{p['rps']:.0f} vs {mi['rps']:.0f} ({p['rps'] / mi['rps']:.2f}×) — "
-              f"{'met' if p['rps'] >= mi['rps'] else 'NOT met'}; with lower peak RSS: "
-              f"{p['rss_mib']:.1f} vs {mi['rss_mib']:.1f} MiB — "
+              f"{p['rps']:.0f} vs {mi['rps']:.0f}, paired ratio {ratio_cell(h, mi['rps_ratio'])}"
+              f" — {verdict(mi['rps_ratio'])} (server CPU per request, mimalloc's over "
+              f"pantry's: {ratio_cell(h, mi['cpu_ratio'])} — {verdict(mi['cpu_ratio'])}"
+              + (f"; user-space instructions per request: {ir['malloc build, mimalloc']:.0f} vs "
+                 f"{ir[HTTPD_PANTRY]:.0f}" if HTTPD_PANTRY in ir and "malloc build, mimalloc" in ir
+                 else "") + "); with lower peak RSS: "
+              f"{p['rss_mib']:.2f} vs {mi['rss_mib']:.2f} MiB — "
               f"{'met' if p['rss_mib'] < mi['rss_mib'] else 'NOT met'}.")
-    print("\nMedians over reps; ±: half the min..max range. wrk and the server share the "
-          "machine's cores, so the figures compare variants, not machines.")
+    if ir:
+        n = args.httpd_callgrind
+        print(f"\nUser-space instructions per request (callgrind's Ir; the server alone, one "
+              f"thread, serving {n} and then {5 * n} requests over 8 keep-alive connections, "
+              f"one request in flight; the difference over {4 * n}): deterministic, so a busy "
+              "machine does not move it, but it leaves out the kernel (most of this server's "
+              "CPU) and cache misses.\n")
+        print("| server | Ir per request | pantry's ratio (the variant's over pantry's) |")
+        print("|---|---|---|")
+        mine = ir.get(HTTPD_PANTRY)
+        for label, _, _ in variants:
+            if label in ir:
+                cell = "–" if label == HTTPD_PANTRY or not mine else f"{ir[label] / mine:.3f}×"
+                print(f"| {label} | {ir[label]:.0f} | {cell} |")
+    print("\nMedians over reps; ±: half the min..max range. Ratios: pantry's figure over the "
+          "variant's in the same rep (the runs next to each other in time), then the median "
+          "and range of those ratios; > 1 means pantry is faster (its CPU/request ratio is "
+          "the variant's CPU per request over pantry's). wrk and the server share the machine, "
+          "so the figures compare variants, not machines.")
     if args.json:
         path = os.path.abspath(args.json)
         path = (path[:-5] if path.endswith(".json") else path) + "-httpd.json"
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
-            json.dump({"wrk": wrk_args, "threads": threads, "results": results}, f, indent=1)
+            json.dump({"wrk": wrk_args, "threads": threads, "server_cpus": server_cpus,
+                       "wrk_cpus": wrk_cpus, "results": results,
+                       "callgrind_requests": args.httpd_callgrind,
+                       "callgrind_ir_per_request": ir}, f, indent=1)
         h.log(f"raw httpd results: {path}")
     return sum(1 for r in results if "error" in r), summary
 
@@ -433,21 +660,24 @@ def plot_all(h, outdir, alloc_table, allocs, timelines, httpd):
                   "notitle\n")
         if gnuplot(h, script, outdir):
             written.append(os.path.join(outdir, png))
-    # httpd: requests/s and RSS
+    # httpd: the server's CPU per request (steadier than requests/s here) and RSS
     if httpd:
         dat = os.path.join(outdir, "httpd.dat")
         with open(dat, "w") as f:
-            f.write("# variant rps rss_mib\n")
+            f.write("# variant rps rss_mib cpu_us_per_request\n")
             for label, v in httpd.items():
-                f.write(f"\"{label}\" {v['rps']:.0f} {v['rss_mib']:.2f}\n")
+                cpu = v.get("cpu_us_per_request")
+                f.write(f"\"{label}\" {v['rps']:.0f} {v['rss_mib']:.2f} "
+                        f"{'NaN' if cpu is None else f'{cpu:.3f}'}\n")
         png = "httpd.png"
         script = (f"set terminal pngcairo size 820,440 font 'sans,10'\nset output '{png}'\n"
-                  "set title 'examples/httpd.c under wrk: requests/s (bars) and peak RSS'\n"
+                  "set title 'examples/httpd.c under wrk: server CPU per request (bars, lower is "
+                  "better) and peak RSS'\n"
                   "set style data histograms\nset style fill solid 0.8\nset boxwidth 0.8\n"
-                  "set ylabel 'requests/s'\nset y2label 'peak RSS MiB'\nset y2tics\n"
-                  "set ytics nomirror\nset yrange [0:*]\nset y2range [0:*]\nset grid y\n"
-                  "set xtics rotate by -20 scale 0\nset key top right\n"
-                  "plot 'httpd.dat' using 2:xtic(1) lc rgb '#1f77b4' title 'requests/s', "
+                  "set ylabel 'server CPU µs per request (median)'\nset y2label 'peak RSS MiB'\n"
+                  "set y2tics\nset ytics nomirror\nset yrange [0:*]\nset y2range [0:*]\n"
+                  "set grid y\nset xtics rotate by -20 scale 0\nset key above\n"
+                  "plot 'httpd.dat' using 4:xtic(1) lc rgb '#1f77b4' title 'CPU µs/request', "
                   "'' using 0:3 axes x1y2 with points pt 7 ps 1.5 lc rgb '#d62728' "
                   "title 'peak RSS'\n")
         if gnuplot(h, script, outdir):

@@ -124,8 +124,16 @@ static bool scope_begin(scope_t *s) {
   return s->arena != NULL;
 }
 static void *scope_alloc(scope_t *s, size_t n) { return pantry_arena_alloc(s->arena, n, 16); }
+/* The n bytes at p and a NUL, copied as the malloc build copies them (a NUL
+ * inside the head only shortens the string, so no strnlen first, as
+ * pantry_arena_strndup has); pantry_arena_alloc is the header's inline bump. */
 static char *scope_strndup(scope_t *s, const char *p, size_t n) {
-  return pantry_arena_strndup(s->arena, p, n);
+  char *q = pantry_arena_alloc(s->arena, n + 1, 1);
+  if (q != NULL) {
+    memcpy(q, p, n);
+    q[n] = '\0';
+  }
+  return q;
 }
 /* The arena owns `fd` from now on: its drop closes it. */
 static bool scope_own_fd(scope_t *s, int fd) {

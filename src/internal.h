@@ -595,8 +595,9 @@ void pn_stats_print_counters(FILE *out) PN_HIDDEN;
  * plain add on x86), and read by any thread (relaxed). Nothing here is
  * touched on the fast paths: heap.c counts a page's blocks when the page
  * reaches a slow path (pn_heap_stat_page). xclaimed: CAS 0 -> 1 by the
- * claiming thread, store_release 0 by the releasing one. xnext: written
- * before the block is published (release CAS on the registry head).
+ * claiming thread, store_release 0 by the releasing one. xnext: used in the
+ * last block of each registry chunk only (stats.c, stats_next), written
+ * before the chunk is published (release CAS on the registry head).
  * Invariant (quiescent, per size class b): the sum over blocks and the
  * total of xlive[b] == the sum over pages p of b of p->stat_used. */
 struct pn_heap_stats {
@@ -604,7 +605,7 @@ struct pn_heap_stats {
   pn_atomic_uintptr_t xpages[PN_BIN_COUNT]; /* pages per size class */
   pn_atomic_uintptr_t xremote_frees;        /* frees by this thread of other threads' blocks */
   pn_atomic_uintptr_t xclaimed;             /* 1 while a heap uses the block */
-  pn_atomic_uintptr_t xnext;                /* immutable once published: the registry link */
+  pn_atomic_uintptr_t xnext;                /* immutable once published: the next chunk */
 };
 
 pn_heap_stats_t *pn_stats_heap_claim(void) PN_HIDDEN;

@@ -20,7 +20,8 @@
  * thread's own heap (its pages) to settle its counts.
  * Shared state: pn_stats (atomic relaxed), stats_xregistry (head of the
  * registry: CAS release by a thread that maps a new chunk of blocks, load
- * acquire by walkers; blocks are never removed, so no ABA and no reclamation),
+ * acquire by walkers; blocks are never removed, so no ABA and no reclamation;
+ * within a chunk a walker steps to the adjacent block, see stats_next),
  * the blocks (see struct pn_heap_stats in internal.h) and stats_total
  * (fetch_add/fetch_sub by folding and adopting threads, relaxed).
  */
@@ -72,6 +73,8 @@ static uintptr_t stats_get(pn_stat_t stat) { return pn_atomic_load_relaxed(&pn_s
 /* ------------------------------------------------------------------------ */
 
 #define STATS_CHUNK_SIZE ((size_t)64 * 1024) /* blocks are mapped this many bytes at a time */
+#define STATS_CHUNK_BLOCKS (STATS_CHUNK_SIZE / sizeof(pn_heap_stats_t))
+_Static_assert(STATS_CHUNK_BLOCKS >= 2, "a chunk holds blocks that link implicitly");
 
 static pn_atomic_uintptr_t stats_xregistry; /* pn_heap_stats_t *: the newest chunk's first block */
 static pn_heap_stats_t stats_total;         /* counts of abandoned heaps (fetch_add, relaxed) */
@@ -80,24 +83,33 @@ static pn_heap_stats_t stats_total;         /* counts of abandoned heaps (fetch_
  * counted as claimed. */
 static pn_heap_stats_t stats_overflow;
 
+/* The registry's next block after `b`. A chunk is aligned to its size and
+ * its blocks follow each other, so only a chunk's last block stores a link
+ * (to the next chunk): a fresh chunk is published with two words written,
+ * and its pages stay untouched (out of the resident set) until heaps claim
+ * their blocks; walkers' reads of them map the zero page. */
+static pn_heap_stats_t *stats_next(pn_heap_stats_t *b) {
+  size_t index = ((uintptr_t)b & (STATS_CHUNK_SIZE - 1)) / sizeof *b;
+  return index + 1 < STATS_CHUNK_BLOCKS ? b + 1
+                                        : (pn_heap_stats_t *)pn_atomic_load_relaxed(&b->xnext);
+}
+
 /* Heap layer, at heap creation: a block of counters, all zero. Lock-free:
  * a CAS per block tried; maps a chunk of blocks when none is free. */
 pn_heap_stats_t *pn_stats_heap_claim(void) {
   /* Acquire: matches the release CAS that published the chunk. */
   for (pn_heap_stats_t *b = (pn_heap_stats_t *)pn_atomic_load_acquire(&stats_xregistry); b != NULL;
-       b = (pn_heap_stats_t *)pn_atomic_load_relaxed(&b->xnext)) {
+       b = stats_next(b)) {
     uintptr_t expected = 0;
     if (pn_atomic_load_relaxed(&b->xclaimed) == 0 &&
         pn_atomic_cas_strong_acq_rel(&b->xclaimed, &expected, 1))
       return b; /* acq_rel: sees the zeroed counters of the heap that released it */
   }
-  size_t n = STATS_CHUNK_SIZE / sizeof(pn_heap_stats_t);
-  pn_heap_stats_t *chunk = pn_os_alloc_aligned(STATS_CHUNK_SIZE, PN_OS_PAGE_SIZE);
+  size_t n = STATS_CHUNK_BLOCKS;
+  pn_heap_stats_t *chunk = pn_os_alloc_aligned(STATS_CHUNK_SIZE, STATS_CHUNK_SIZE);
   if (chunk == NULL)
     return &stats_overflow;
   pn_atomic_store_relaxed(&chunk[0].xclaimed, 1);
-  for (size_t i = 0; i + 1 < n; i++)
-    pn_atomic_store_relaxed(&chunk[i].xnext, (uintptr_t)&chunk[i + 1]);
   uintptr_t head = pn_atomic_load_relaxed(&stats_xregistry);
   do {
     pn_atomic_store_relaxed(&chunk[n - 1].xnext, head);
@@ -211,7 +223,7 @@ void pantry_stats_get(pantry_stats_t *stats) {
   stats_add_block(&stats_total, live, pages, &remote);
   stats_add_block(&stats_overflow, live, pages, &remote);
   for (pn_heap_stats_t *b = (pn_heap_stats_t *)pn_atomic_load_acquire(&stats_xregistry); b != NULL;
-       b = (pn_heap_stats_t *)pn_atomic_load_relaxed(&b->xnext)) {
+       b = stats_next(b)) {
     if (pn_atomic_load_acquire(&b->xclaimed) == 0)
       continue;
     stats->threads++;
