@@ -40,6 +40,14 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
   if (pn_page_has_aligned(page) && (uint8_t *)p >= page->page_start &&
       (uint8_t *)p < page->page_start + page->area)
     return pn_page_block_start(page, p);
+  /* Past the carved end of a shrunk page (page.c's pn_page_shrink), where no
+   * block is handed out: a block freed before, and given back since. */
+  size_t off = (size_t)((uint8_t *)p - page->page_start);
+  if ((uint8_t *)p >= page->page_start && off < (size_t)page->reserved * page->block_size &&
+      off % page->block_size == 0)
+    pn_fatal("%s(%p): double free or invalid pointer (past its page's carved blocks; block size "
+             "%zu)",
+             fn, p, page->block_size);
   pn_fatal("%s(%p): pointer into the middle of a block (block size %zu, page %p)", fn, p,
            page->block_size, (void *)page);
 }

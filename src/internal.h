@@ -181,7 +181,10 @@ typedef struct pn_page {
   uint8_t index;            /* immutable: the page's index in its segment */
   size_t block_size;        /* set at format, before any block is handed out; 0 = page unused */
   uint8_t *page_start;      /* set at format: the first block */
-  uint32_t area;            /* set at format: reserved * block_size, in bytes */
+  uint32_t area;            /* owner: reserved * block_size, in bytes, set at format; pn_page_shrink
+                               lowers it to the carved blocks' end and pn_page_extend raises it
+                               again. racy: other threads read it to check a free; a block handed
+                               out always lies below every value they can see */
   uint32_t block_shift;     /* block_size == block_odd << block_shift */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
   uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
@@ -262,6 +265,8 @@ struct pn_heap {
   bool is_sentinel;                      /* pn_heap_empty or pn_heap_done */
   uint32_t purge_pages;                  /* pages released and not yet purged */
   uint32_t slow_count;                   /* slow-path entries, to look at the clock rarely */
+  uint32_t shrink_releases;              /* pages purged at once, to shrink pages now and then */
+  uint32_t shrink_bin;                   /* the size class where the last shrink scan ended */
   uint64_t adopted;                      /* statistics: segments adopted from the depot */
   pn_heap_stats_t *stats; /* owner: this thread's counters (stats.c); NULL in sentinels */
 };
@@ -328,6 +333,10 @@ void pn_page_collect_all(pn_page_t *page) PN_HIDDEN;
 bool pn_page_try_mark_full(pn_page_t *page) PN_HIDDEN;
 void *pn_page_block_start(const pn_page_t *page, const void *p) PN_HIDDEN;
 bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
+/* Give back the free tail of a page carved far past its last live block
+ * (after a burst). Owner only. */
+bool pn_page_shrink_worth(const pn_page_t *page) PN_HIDDEN;
+size_t pn_page_shrink(pn_page_t *page) PN_HIDDEN;
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) PN_HIDDEN;
 

@@ -11,12 +11,14 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "child_process.hpp"
@@ -351,6 +353,113 @@ TEST_CASE("collect: the page kept for a size class lends its memory while empty"
     for (auto b : v)
       pantry_free(b);
     pantry_free(v[1000]); // a block of the emptied (trimmed) page, freed again
+    std::fprintf(stderr, "[survived]\n");
+  });
+  INFO("child output: [" << r.output << "]");
+  CHECK(r.signaled);
+  CHECK(r.output.find("double free") != std::string::npos);
+}
+
+namespace {
+
+// Resident bytes of [p, p + size) (mincore; p a multiple of the OS page).
+std::size_t resident_bytes(const void *p, std::size_t size) {
+  const std::size_t os_page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> v((size + os_page - 1) / os_page);
+  if (mincore(const_cast<void *>(p), size, v.data()) != 0)
+    return SIZE_MAX;
+  std::size_t n = 0;
+  for (unsigned char c : v)
+    n += c & 1;
+  return n * os_page;
+}
+
+// One thread's burst: `kept` blocks of 1000 bytes allocated first stay live;
+// `burst` more are allocated (every byte written) and freed in the order
+// they came. Run in a thread of its own, so the size class's first page
+// holds the kept blocks at its start and the burst fills the rest of it.
+struct Burst {
+  static constexpr std::size_t size = 1000;
+  static constexpr std::size_t page =
+      64 * 1024; // a small page (pantry.h: pantry_size_class_stats_t)
+  std::size_t kept_n = 4, burst_n;
+  bool collect;
+  std::size_t resident_full = 0, resident_after = 0;
+  bool kept_intact = true, reuse_intact = true;
+
+  void run() {
+    std::vector<void *> kept(kept_n), burst(burst_n);
+    for (std::size_t i = 0; i < kept_n; i++) {
+      kept[i] = pantry_malloc(size);
+      pantry_test::fill_pattern(kept[i], size, pantry_test::pattern_seed(1, i));
+    }
+    for (std::size_t i = 0; i < burst_n; i++) {
+      burst[i] = pantry_malloc(size);
+      std::memset(burst[i], 0x5a, size);
+    }
+    // The 64 KiB page that holds the kept blocks.
+    void *window = reinterpret_cast<void *>(reinterpret_cast<std::uintptr_t>(kept[0]) &
+                                            ~static_cast<std::uintptr_t>(page - 1));
+    resident_full = resident_bytes(window, page);
+    for (auto b : burst)
+      pantry_free(b);
+    if (collect)
+      pantry_collect(false);
+    resident_after = resident_bytes(window, page);
+    for (std::size_t i = 0; i < kept_n; i++)
+      kept_intact &=
+          pantry_test::check_pattern(kept[i], size, pantry_test::pattern_seed(1, i)) == size;
+    // The page carves its given-back blocks again.
+    for (std::size_t i = 0; i < 200; i++) {
+      burst[i] = pantry_malloc(size);
+      pantry_test::fill_pattern(burst[i], size, pantry_test::pattern_seed(2, i));
+    }
+    for (std::size_t i = 0; i < 200; i++) {
+      reuse_intact &=
+          pantry_test::check_pattern(burst[i], size, pantry_test::pattern_seed(2, i)) == size;
+      pantry_free(burst[i]);
+    }
+    for (auto b : kept)
+      pantry_free(b);
+  }
+};
+
+} // namespace
+
+TEST_CASE("collect: a page that keeps a few live blocks after a burst gives its free tail back",
+          "[stats][purge]") {
+  // The kept blocks take the first 4 KiB of their page (and the segment
+  // header 8 KiB more if it is the segment's first page); the burst touched
+  // all 64 KiB. Only what the kept blocks span may stay resident.
+  SECTION("pantry_collect") {
+    Burst b{4, 4000, true};
+    std::thread([&] { b.run(); }).join();
+    CHECK(b.resident_full >= 48 * 1024);
+    CHECK(b.resident_after <= 16 * 1024);
+    CHECK(b.kept_intact);
+    CHECK(b.reuse_intact);
+  }
+  SECTION("with no call: the burst of frees goes over the thread's 4 MiB reserve") {
+    Burst b{4, 24000, false};
+    std::thread([&] { b.run(); }).join();
+    CHECK(b.resident_full >= 48 * 1024);
+    CHECK(b.resident_after <= 16 * 1024);
+    CHECK(b.kept_intact);
+    CHECK(b.reuse_intact);
+  }
+}
+
+TEST_CASE("collect: a double free into a page's given-back tail is diagnosed", "[stats][death]") {
+  pantry_test::ChildOutcome r = pantry_test::run_child([] {
+    std::vector<void *> kept(4), burst(4000);
+    for (auto &p : kept)
+      p = pantry_malloc(1000);
+    for (auto &p : burst)
+      p = pantry_malloc(1000);
+    for (auto p : burst)
+      pantry_free(p);
+    pantry_collect(false);
+    pantry_free(burst[30]); // in the kept blocks' page, past them: given back
     std::fprintf(stderr, "[survived]\n");
   });
   INFO("child output: [" << r.output << "]");
