@@ -183,8 +183,9 @@ typedef struct pn_page {
   uint8_t *page_start;      /* set at format: the first block */
   uint32_t area;            /* owner: reserved * block_size, in bytes, set at format; pn_page_shrink
                                lowers it to the carved blocks' end and pn_page_extend raises it
-                               again. racy: other threads read it to check a free; a block handed
-                               out always lies below every value they can see */
+                               again, with relaxed atomic stores: other threads read it (relaxed)
+                               to check a free; a block handed out lies below every value they
+                               can see, so no order is needed */
   uint32_t block_shift;     /* block_size == block_odd << block_shift */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
   uint32_t block_odd_limit; /* UINT32_MAX / block_odd */
@@ -396,14 +397,14 @@ static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *
   /* A raw read: the block is allocated (or this is a double free, which a
    * memory checker is right to report here). */
   uintptr_t next = (uintptr_t)block->next ^ page->key;
-  return next == 0 || next - (uintptr_t)page->page_start < page->area;
+  return next == 0 || next - (uintptr_t)page->page_start < pn_atomic_load_relaxed32u(&page->area);
 }
 
 /* Whether `p` is the start of a block of `page`: off % block_size == 0 by
  * the divisibility test of Granlund and Montgomery (a multiply, no divide). */
 static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)page->page_start;
-  if (PN_UNLIKELY(off >= page->area))
+  if (PN_UNLIKELY(off >= pn_atomic_load_relaxed32u(&page->area)))
     return false;
   uint32_t off32 = (uint32_t)off;
   if (off32 & ((1u << page->block_shift) - 1))

@@ -74,7 +74,7 @@ void pn_page_extend(pn_page_t *page) {
   /* A shrunk page (pn_page_shrink) takes frees only below its carved end:
    * carving again moves the end. */
   if (PN_UNLIKELY((size_t)page->capacity * page->block_size > page->area))
-    page->area = (uint32_t)((size_t)page->capacity * page->block_size);
+    pn_atomic_store_relaxed32u(&page->area, (uint32_t)((size_t)page->capacity * page->block_size));
 }
 
 /* Take the whole remote-free list onto page->free (clearing
@@ -254,7 +254,7 @@ size_t pn_page_shrink(pn_page_t *page) {
   /* A free of a block past the cut (a double free: none is handed out) now
    * fails pn_page_is_block_start and is diagnosed in the slow path, instead
    * of reading a link word that the madvise below zeroes. */
-  page->area = (uint32_t)((size_t)keep * page->block_size);
+  pn_atomic_store_relaxed32u(&page->area, (uint32_t)((size_t)keep * page->block_size));
   pn_os_purge((void *)start, (size_t)(end - start));
   /* Uncarved memory, as after pn_page_format (the freed blocks were poisoned). */
   pn_track_unpoison((void *)cut, (size_t)(end - cut));
