@@ -163,8 +163,8 @@ static void heap_shrink_pages(pn_heap_t *heap, size_t budget) {
       if (!pn_page_shrink_worth(page))
         continue;
       budget = budget > page->capacity ? budget - page->capacity : 0;
-      pn_page_shrink(page); /* may leave a page with used == 0 after remote frees:
-                               heap_find_page or pn_heap_collect takes it */
+      pn_page_shrink(page); /* its collect may empty the page (remote frees): it stays
+                               queued, as after heap_find_page's collect */
     }
   }
 }
