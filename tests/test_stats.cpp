@@ -466,3 +466,48 @@ TEST_CASE("collect: a double free into a page's given-back tail is diagnosed", "
   CHECK(r.signaled);
   CHECK(r.output.find("double free") != std::string::npos);
 }
+
+TEST_CASE("collect: pages shrink while another thread frees their live blocks", "[stats][purge]") {
+  // The owner frees a burst and shrinks its pages (pantry_collect) over and
+  // over while another thread frees the blocks the owner kept, one by one,
+  // checking each first: a shrink must never give back a live block, nor
+  // lose one freed meanwhile (the class's live count comes back).
+  constexpr std::size_t size = 1000, kept_n = 256, burst_n = 4000;
+  const std::size_t live_before = class_of(stats_now(), size).live_blocks;
+  std::vector<void *> kept(kept_n);
+  std::atomic<bool> handed{false}, remote_done{false};
+  std::atomic<std::size_t> damaged{0};
+  std::thread owner([&] {
+    for (std::size_t i = 0; i < kept_n; i++) {
+      kept[i] = pantry_malloc(size);
+      pantry_test::fill_pattern(kept[i], size, pantry_test::pattern_seed(3, i));
+    }
+    std::vector<void *> burst(burst_n);
+    for (auto &b : burst) {
+      b = pantry_malloc(size);
+      std::memset(b, 0x5a, size);
+    }
+    handed = true;
+    for (std::size_t i = 0; i < burst_n; i++) {
+      pantry_free(burst[i]);
+      if (i % 256 == 0)
+        pantry_collect(false);
+    }
+    while (!remote_done.load())
+      pantry_collect(false);
+  });
+  std::thread remote([&] {
+    while (!handed.load())
+      std::this_thread::yield();
+    for (std::size_t i = 0; i < kept_n; i++) {
+      if (pantry_test::check_pattern(kept[i], size, pantry_test::pattern_seed(3, i)) != size)
+        damaged++;
+      pantry_free(kept[i]);
+    }
+    remote_done = true;
+  });
+  owner.join();
+  remote.join();
+  CHECK(damaged.load() == 0);
+  CHECK(class_of(stats_now(), size).live_blocks == live_before);
+}
