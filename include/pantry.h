@@ -776,8 +776,10 @@ PANTRY_API void pantry_stats_print(FILE *out);
  *
  * For the calling thread: collects the frees other threads made into its
  * pages, releases every page that holds no block (even the one kept per
- * size class), and purges (madvise MADV_DONTNEED) every unused page of its
- * segments. For the whole process: purges every unused page that waits for
+ * size class), purges (madvise MADV_DONTNEED) every unused page of its
+ * segments, and gives back the free tail of each page that still holds a
+ * few live blocks but was carved far past the last one (after a burst).
+ * For the whole process: purges every unused page that waits for
  * its purge delay, in every thread's segments, and waits until the empty
  * segments handed to pantry's depot are purged (an RCU grace period). With
  * `force`, the calling thread's spare empty segment goes too, and the
@@ -785,7 +787,9 @@ PANTRY_API void pantry_stats_print(FILE *out);
  *
  * Without any call, pantry purges an emptied page one purge delay after it
  * emptied (PANTRY_PURGE_DELAY_MS), from a background thread, and at once
- * when the thread that emptied it holds more than 4 MiB of emptied memory.
+ * when the thread that emptied it holds more than 4 MiB of emptied memory;
+ * while it does (a burst of frees), that thread also gives back the free
+ * tails of its pages that kept only a few live blocks.
  * Thread-safe; takes no lock; blocks for about one grace period of
  * liburcu's urcu-bp flavor, so it must not be called inside an urcu-bp
  * read-side critical section or from a call_rcu callback. */

@@ -33,13 +33,21 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
    * always sees it set. */
   /* racy: area is 0 while the owner keeps the page trimmed (heap.c), when
    * no block of it is handed out; a legitimate free never sees that. */
-  if (PN_UNLIKELY(page->block_size == 0 || page->area == 0))
+  if (PN_UNLIKELY(page->block_size == 0 || pn_atomic_load_relaxed32u(&page->area) == 0))
     pn_fatal("%s(%p): double free or invalid pointer (its page holds no blocks)", fn, p);
   if (pn_page_is_block_start(page, p))
     return p;
   if (pn_page_has_aligned(page) && (uint8_t *)p >= page->page_start &&
-      (uint8_t *)p < page->page_start + page->area)
+      (uint8_t *)p < page->page_start + pn_atomic_load_relaxed32u(&page->area))
     return pn_page_block_start(page, p);
+  /* Past the carved end of a shrunk page (page.c's pn_page_shrink), where no
+   * block is handed out: a block freed before, and given back since. */
+  size_t off = (size_t)((uint8_t *)p - page->page_start);
+  if ((uint8_t *)p >= page->page_start && off < (size_t)page->reserved * page->block_size &&
+      off % page->block_size == 0)
+    pn_fatal("%s(%p): double free or invalid pointer (past its page's carved blocks; block size "
+             "%zu)",
+             fn, p, page->block_size);
   pn_fatal("%s(%p): pointer into the middle of a block (block size %zu, page %p)", fn, p,
            page->block_size, (void *)page);
 }

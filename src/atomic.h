@@ -137,4 +137,15 @@ static inline uint64_t pn_atomic_exchange_relaxed_word(uint64_t *p, uint64_t v) 
   return __atomic_exchange_n(p, v, __ATOMIC_RELAXED);
 }
 
+/* The same for a plain 32-bit field (page->area in internal.h): the owner
+ * writes it while other threads may read it to check a free. */
+
+static inline uint32_t pn_atomic_load_relaxed32u(const uint32_t *p) {
+  return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static inline void pn_atomic_store_relaxed32u(uint32_t *p, uint32_t v) {
+  __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
 #endif /* PN_ATOMIC_H */

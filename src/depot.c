@@ -56,9 +56,13 @@
  * registry mutex once per thread (one-time initialisation).
  */
 #include <sched.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "internal.h"
+
+_Static_assert(offsetof(pn_segment_t, pages) <= PN_OS_PAGE_SIZE,
+               "a cached segment's header keeps its first OS page only (depot_release_rcu)");
 
 /* Free segments kept mapped (purged) for reuse, at most this many. */
 #define DEPOT_CACHE_MAX 16
@@ -172,9 +176,14 @@ static void depot_release_rcu(struct rcu_head *head) {
   }
   pn_purge_segment_reset(segment); /* all of it goes back below */
   if (pn_atomic_fetch_add_relaxed(&depot_xcached_count, 1) < DEPOT_CACHE_MAX) {
-    /* Keep the mapping, give the memory back; the header page stays. */
+    /* Keep the mapping, give the memory back; the header's first OS page
+     * stays (the depot's link, the cookie, the purge state). The rest of
+     * the header holds only pages[], which nothing reads while the segment
+     * is cached (a stray free reads block_size 0 either way) and which
+     * pn_segment_format clears when it is taken again: it goes back too. */
     pn_os_purge((uint8_t *)segment + PN_SEGMENT_FIRST_OFFSET,
                 PN_SEGMENT_SIZE - PN_SEGMENT_FIRST_OFFSET - PN_SEGMENT_GUARD_SIZE);
+    pn_os_purge((uint8_t *)segment + PN_OS_PAGE_SIZE, PN_SEGMENT_HEADER_SIZE - PN_OS_PAGE_SIZE);
     pn_stat_add(PN_STAT_SEGMENTS_CACHED, 1);
     depot_push(&depot_cached, segment);
     return;

@@ -168,6 +168,32 @@ static void heap_segment_empty(pn_heap_t *heap, pn_segment_t *segment) {
   pn_depot_release(segment);
 }
 
+/* Shrinking (page.c's pn_page_shrink): while this thread gives emptied
+ * pages back at once (over its purge reserve: a burst of frees), every
+ * HEAP_SHRINK_EVERY such pages it also looks at up to HEAP_SHRINK_BUDGET
+ * pages and blocks of its queues, round robin over the size classes, and
+ * shrinks the pages that kept a few live blocks but were carved far past
+ * them: memory that no page release would ever give back, since those pages
+ * never empty. A thread that never goes over its reserve never shrinks, so
+ * a steady workload never carves a page twice for this. Owner only. */
+#define HEAP_SHRINK_EVERY 16
+#define HEAP_SHRINK_BUDGET 8192
+
+static void heap_shrink_pages(pn_heap_t *heap, size_t budget) {
+  for (unsigned n = 0; n < PN_BIN_LARGE_MAX && budget > 0; n++) {
+    unsigned bin = heap->shrink_bin % PN_BIN_LARGE_MAX + 1; /* 1 .. PN_BIN_LARGE_MAX */
+    heap->shrink_bin = bin;
+    for (pn_page_t *page = heap->queues[bin].first; page != NULL && budget > 0; page = page->next) {
+      budget--;
+      if (!pn_page_shrink_worth(page))
+        continue;
+      budget = budget > page->capacity ? budget - page->capacity : 0;
+      pn_page_shrink(page); /* its collect may empty the page (remote frees): it stays
+                               queued, as after heap_find_page's collect */
+    }
+  }
+}
+
 /* Return an empty page to its segment; owner only. */
 static void heap_page_release(pn_heap_t *heap, pn_page_t *page) {
   pn_segment_t *segment = pn_page_segment(page);
@@ -177,7 +203,9 @@ static void heap_page_release(pn_heap_t *heap, pn_page_t *page) {
   heap->purge_pages++;
   /* purge.c: beyond a reserve of emptied memory, the page's goes back now, so
    * a burst of frees returns its memory as it goes, not a delay later. */
-  pn_purge_page_now(segment, page->index);
+  if (pn_purge_page_now(segment, page->index) != 0 &&
+      ++heap->shrink_releases % HEAP_SHRINK_EVERY == 0)
+    heap_shrink_pages(heap, HEAP_SHRINK_BUDGET);
   if (segment->used_pages == 0) {
     heap_segment_empty(heap, segment);
   } else if (was_full) {
@@ -570,6 +598,8 @@ bool pn_heap_tidy_abandoned(uint64_t now) {
       pn_stats_orphan_page(page, page->used, released);
       if (released)
         pn_segment_page_release(segment, page);
+      else
+        pn_page_shrink(page); /* live blocks left: give back the free tail */
     }
     if (segment->used_pages == 0) {
       pn_depot_release(segment);
@@ -608,6 +638,7 @@ void pn_heap_collect(pn_heap_t *heap, bool force) {
       page = next;
     }
   }
+  heap_shrink_pages(heap, SIZE_MAX); /* every size class once, no budget */
   uint64_t now = pn_clock_now_ns();
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++)
     for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next)

@@ -191,7 +191,11 @@ typedef struct pn_page {
   uint8_t *page_start;      /* set at format: the first block */
   size_t block_size;        /* set at format, before any block is handed out; 0 = page unused */
   uint32_t used;            /* owner: blocks handed out, remote frees included */
-  uint32_t area;            /* set at format: reserved * block_size, in bytes */
+  uint32_t area; /* owner: reserved * block_size, in bytes, set at format; pn_page_shrink
+                    lowers it to the carved blocks' end and pn_page_extend raises it
+                    again, with relaxed atomic stores: other threads read it (relaxed)
+                    to check a free; a block handed out lies below every value they
+                    can see, so no order is needed */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
   uint32_t block_div_limit; /* UINT32_MAX / block_size */
   union {
@@ -300,6 +304,8 @@ struct pn_heap {
   bool is_sentinel;                      /* pn_heap_empty or pn_heap_done */
   uint32_t purge_pages;                  /* pages released and not yet purged */
   uint32_t slow_count;                   /* slow-path entries, to look at the clock rarely */
+  uint32_t shrink_releases;              /* pages purged at once, to shrink pages now and then */
+  uint32_t shrink_bin;                   /* the size class where the last shrink scan ended */
   uint64_t adopted;                      /* statistics: segments adopted from the depot */
   pn_heap_stats_t *stats; /* owner: this thread's counters (stats.c); NULL in sentinels */
 };
@@ -371,6 +377,10 @@ void pn_page_collect_all(pn_page_t *page) PN_HIDDEN;
 bool pn_page_try_mark_full(pn_page_t *page) PN_HIDDEN;
 void *pn_page_block_start(const pn_page_t *page, const void *p) PN_HIDDEN;
 bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
+/* Give back the free tail of a page carved far past its last live block
+ * (after a burst). Owner only. */
+bool pn_page_shrink_worth(const pn_page_t *page) PN_HIDDEN;
+size_t pn_page_shrink(pn_page_t *page) PN_HIDDEN;
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) PN_HIDDEN;
 
@@ -477,7 +487,7 @@ static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *
   /* A raw read: the block is allocated (or this is a double free, which a
    * memory checker is right to report here). */
   uintptr_t next = (uintptr_t)block->next ^ pn_link_key(page);
-  return next == 0 || next - (uintptr_t)page->page_start < page->area;
+  return next == 0 || next - (uintptr_t)page->page_start < pn_atomic_load_relaxed32u(&page->area);
 }
 
 /* Whether `p` is the start of a block of `page`: off % block_size == 0 by
@@ -491,7 +501,7 @@ static inline bool pn_block_maybe_free(const pn_page_t *page, const pn_block_t *
  * off < area < 2^32 keeps it exact. */
 static inline bool pn_page_is_block_start(const pn_page_t *page, const void *p) {
   uintptr_t off = (uintptr_t)p - (uintptr_t)page->page_start;
-  if (PN_UNLIKELY(off >= page->area))
+  if (PN_UNLIKELY(off >= pn_atomic_load_relaxed32u(&page->area)))
     return false;
   uint32_t q = (uint32_t)off * page->block_odd_inv;
   unsigned shift = page->block_shift;

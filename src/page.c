@@ -71,6 +71,10 @@ void pn_page_extend(pn_page_t *page) {
   pn_block_set_next(page, (pn_block_t *)p, page->free);
   page->free = (pn_block_t *)first;
   page->capacity += count;
+  /* A shrunk page (pn_page_shrink) takes frees only below its carved end:
+   * carving again moves the end. */
+  if (PN_UNLIKELY((size_t)page->capacity * page->block_size > page->area))
+    pn_atomic_store_relaxed32u(&page->area, (uint32_t)((size_t)page->capacity * page->block_size));
 }
 
 /* Take the whole remote-free list onto page->free (clearing
@@ -180,4 +184,87 @@ bool pn_page_contains_free(const pn_page_t *page, const void *block) {
     if (b == block)
       return true;
   return false;
+}
+
+/* Shrinking: after a burst, a page that keeps a few live blocks (allocated
+ * before the burst, so near its start) was carved and touched far beyond
+ * them; its free blocks past the last live one hold memory that no purge
+ * unit can give back, since the page is in use. Shrinking un-carves them:
+ * capacity drops to just past the last live block, the free list is rebuilt
+ * from the free blocks below it (in address order), and the whole OS pages
+ * past it are given back (madvise). pn_page_extend carves them again on
+ * demand, as it carves a fresh page. Live blocks anywhere else in the page
+ * are left where they are (no holes are made). The page's purge unit stays
+ * taken (segment->xcommitted, the stats' committed bytes, are unchanged).
+ * Owner only (or the thread that holds an abandoned segment it popped).
+ * Remote frees that arrive meanwhile count as used, as ever: a block freed
+ * after our exchange is below the cut, since it was live when we looked. */
+#define PAGE_SHRINK_BLOCKS_MAX (((size_t)1 << PN_SMALL_PAGE_SHIFT) / 16) /* 4096: 512 B of map */
+#define PAGE_SHRINK_MIN_BYTES ((size_t)16 * 1024) /* less is not worth a madvise */
+
+/* Whether pn_page_shrink may pay: PAGE_SHRINK_MIN_BYTES free, and at most a
+ * quarter of the carved blocks in use unless they are few (a look costs a
+ * step per block; a page of blocks of 1 KiB or more has 64 at most). O(1);
+ * the owner's view (remote frees not collected count as used). */
+bool pn_page_shrink_worth(const pn_page_t *page) {
+  return page->area != 0 && page->pool == NULL && page->capacity <= PAGE_SHRINK_BLOCKS_MAX &&
+         (page->used <= page->capacity / 4 || page->capacity <= 64) &&
+         (size_t)(page->capacity - page->used) * page->block_size >= PAGE_SHRINK_MIN_BYTES;
+}
+
+/* Returns the bytes given back (0 when a live block sits too near the end). */
+size_t pn_page_shrink(pn_page_t *page) {
+  if (!pn_page_shrink_worth(page))
+    return 0;
+  pn_page_collect_all(page); /* remote frees: used becomes exact but for late ones */
+  uint64_t free_map[PAGE_SHRINK_BLOCKS_MAX / 64] = {0};
+  pn_block_t *lists[2] = {page->free, page->local_free};
+  for (int l = 0; l < 2; l++) {
+    for (pn_block_t *b = lists[l]; b != NULL; b = pn_block_next(page, b)) {
+      size_t i = (size_t)((uint8_t *)b - page->page_start) / page->block_size;
+      free_map[i / 64] |= (uint64_t)1 << (i % 64);
+    }
+  }
+  /* keep = 1 + the index of the last live block (0 when none is live: an
+   * empty page is released or kept whole, never shrunk, so area, which
+   * then shrinks to keep's blocks, is never 0, the mark of a trimmed page) */
+  uint32_t keep = 0;
+  for (size_t w = (page->capacity + 63) / 64; w-- > 0;) {
+    uint64_t live = ~free_map[w];
+    if (w == page->capacity / 64)
+      live &= ((uint64_t)1 << (page->capacity % 64)) - 1; /* blocks below capacity only */
+    if (live != 0) {
+      keep = (uint32_t)(w * 64 + 64 - (size_t)__builtin_clzll(live));
+      break;
+    }
+  }
+  uintptr_t os_mask = PN_OS_PAGE_SIZE - 1;
+  uintptr_t cut = (uintptr_t)page->page_start + (uintptr_t)keep * page->block_size;
+  uintptr_t end = (uintptr_t)page->page_start + (uintptr_t)page->capacity * page->block_size;
+  uintptr_t start = (cut + os_mask) & ~os_mask;
+  end = (end + os_mask) & ~os_mask; /* past the carved blocks only uncarved ones: unused */
+  if (keep == 0 || end <= start || end - start < PAGE_SHRINK_MIN_BYTES)
+    return 0;
+  /* The free blocks below the cut, rebuilt as one list in address order. */
+  pn_block_t *head = NULL;
+  for (uint32_t i = keep; i-- > 0;) {
+    if ((free_map[i / 64] >> (i % 64)) & 1) {
+      pn_block_t *b = (pn_block_t *)(page->page_start + (size_t)i * page->block_size);
+      pn_block_set_next(page, b, head);
+      head = b;
+    }
+  }
+  page->free = head;
+  page->local_free = NULL;
+  page->capacity = keep; /* used + |free| == keep: every block past it was free */
+  /* A free of a block past the cut (a double free: none is handed out) now
+   * fails pn_page_is_block_start and is diagnosed in the slow path, instead
+   * of reading a link word that the madvise below zeroes. */
+  pn_atomic_store_relaxed32u(&page->area, (uint32_t)((size_t)keep * page->block_size));
+  pn_os_purge((void *)start, (size_t)(end - start));
+  /* Uncarved memory, as after pn_page_format (the freed blocks were poisoned). */
+  pn_track_unpoison((void *)cut, (size_t)(end - cut));
+  pn_stat_add(PN_STAT_PURGES, 1);
+  pn_stat_add(PN_STAT_BYTES_PURGED, (size_t)(end - start));
+  return (size_t)(end - start);
 }

@@ -11,12 +11,14 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "child_process.hpp"
@@ -376,4 +378,156 @@ TEST_CASE("collect: the page kept for a size class lends its memory while empty"
   INFO("child output: [" << r.output << "]");
   CHECK(r.signaled);
   CHECK(r.output.find("double free") != std::string::npos);
+}
+
+namespace {
+
+// Resident bytes of [p, p + size) (mincore; p a multiple of the OS page).
+std::size_t resident_bytes(const void *p, std::size_t size) {
+  const std::size_t os_page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> v((size + os_page - 1) / os_page);
+  if (mincore(const_cast<void *>(p), size, v.data()) != 0)
+    return SIZE_MAX;
+  std::size_t n = 0;
+  for (unsigned char c : v)
+    n += c & 1;
+  return n * os_page;
+}
+
+// One thread's burst: `kept` blocks of 1000 bytes allocated first stay live;
+// `burst` more are allocated (every byte written) and freed in the order
+// they came. Run in a thread of its own, so the size class's first page
+// holds the kept blocks at its start and the burst fills the rest of it.
+struct Burst {
+  static constexpr std::size_t size = 1000;
+  static constexpr std::size_t page =
+      64 * 1024; // a small page (pantry.h: pantry_size_class_stats_t)
+  std::size_t kept_n = 4, burst_n;
+  bool collect;
+  std::size_t resident_full = 0, resident_after = 0;
+  bool kept_intact = true, reuse_intact = true;
+
+  void run() {
+    std::vector<void *> kept(kept_n), burst(burst_n);
+    for (std::size_t i = 0; i < kept_n; i++) {
+      kept[i] = pantry_malloc(size);
+      pantry_test::fill_pattern(kept[i], size, pantry_test::pattern_seed(1, i));
+    }
+    for (std::size_t i = 0; i < burst_n; i++) {
+      burst[i] = pantry_malloc(size);
+      std::memset(burst[i], 0x5a, size);
+    }
+    // The 64 KiB page that holds the kept blocks.
+    void *window = reinterpret_cast<void *>(reinterpret_cast<std::uintptr_t>(kept[0]) &
+                                            ~static_cast<std::uintptr_t>(page - 1));
+    resident_full = resident_bytes(window, page);
+    for (auto b : burst)
+      pantry_free(b);
+    if (collect)
+      pantry_collect(false);
+    resident_after = resident_bytes(window, page);
+    for (std::size_t i = 0; i < kept_n; i++)
+      kept_intact &=
+          pantry_test::check_pattern(kept[i], size, pantry_test::pattern_seed(1, i)) == size;
+    // The page carves its given-back blocks again.
+    for (std::size_t i = 0; i < 200; i++) {
+      burst[i] = pantry_malloc(size);
+      pantry_test::fill_pattern(burst[i], size, pantry_test::pattern_seed(2, i));
+    }
+    for (std::size_t i = 0; i < 200; i++) {
+      reuse_intact &=
+          pantry_test::check_pattern(burst[i], size, pantry_test::pattern_seed(2, i)) == size;
+      pantry_free(burst[i]);
+    }
+    for (auto b : kept)
+      pantry_free(b);
+  }
+};
+
+} // namespace
+
+TEST_CASE("collect: a page that keeps a few live blocks after a burst gives its free tail back",
+          "[stats][purge]") {
+  // The kept blocks take the first 4 KiB of their page (and the segment
+  // header 8 KiB more if it is the segment's first page); the burst touched
+  // all 64 KiB. Only what the kept blocks span may stay resident.
+  SECTION("pantry_collect") {
+    Burst b{4, 4000, true};
+    std::thread([&] { b.run(); }).join();
+    CHECK(b.resident_full >= 48 * 1024);
+    CHECK(b.resident_after <= 16 * 1024);
+    CHECK(b.kept_intact);
+    CHECK(b.reuse_intact);
+  }
+  SECTION("with no call: the burst of frees goes over the thread's 4 MiB reserve") {
+    Burst b{4, 24000, false};
+    std::thread([&] { b.run(); }).join();
+    CHECK(b.resident_full >= 48 * 1024);
+    CHECK(b.resident_after <= 16 * 1024);
+    CHECK(b.kept_intact);
+    CHECK(b.reuse_intact);
+  }
+}
+
+TEST_CASE("collect: a double free into a page's given-back tail is diagnosed", "[stats][death]") {
+  pantry_test::ChildOutcome r = pantry_test::run_child([] {
+    std::vector<void *> kept(4), burst(4000);
+    for (auto &p : kept)
+      p = pantry_malloc(1000);
+    for (auto &p : burst)
+      p = pantry_malloc(1000);
+    for (auto p : burst)
+      pantry_free(p);
+    pantry_collect(false);
+    pantry_free(burst[30]); // in the kept blocks' page, past them: given back
+    std::fprintf(stderr, "[survived]\n");
+  });
+  INFO("child output: [" << r.output << "]");
+  CHECK(r.signaled);
+  CHECK(r.output.find("double free") != std::string::npos);
+}
+
+TEST_CASE("collect: pages shrink while another thread frees their live blocks", "[stats][purge]") {
+  // The owner frees a burst and shrinks its pages (pantry_collect) over and
+  // over while another thread frees the blocks the owner kept, one by one,
+  // checking each first: a shrink must never give back a live block, nor
+  // lose one freed meanwhile (the class's live count comes back).
+  constexpr std::size_t size = 1000, kept_n = 256, burst_n = 4000;
+  const std::size_t live_before = class_of(stats_now(), size).live_blocks;
+  std::vector<void *> kept(kept_n);
+  std::atomic<bool> handed{false}, remote_done{false};
+  std::atomic<std::size_t> damaged{0};
+  std::thread owner([&] {
+    for (std::size_t i = 0; i < kept_n; i++) {
+      kept[i] = pantry_malloc(size);
+      pantry_test::fill_pattern(kept[i], size, pantry_test::pattern_seed(3, i));
+    }
+    std::vector<void *> burst(burst_n);
+    for (auto &b : burst) {
+      b = pantry_malloc(size);
+      std::memset(b, 0x5a, size);
+    }
+    handed = true;
+    for (std::size_t i = 0; i < burst_n; i++) {
+      pantry_free(burst[i]);
+      if (i % 256 == 0)
+        pantry_collect(false);
+    }
+    while (!remote_done.load())
+      pantry_collect(false);
+  });
+  std::thread remote([&] {
+    while (!handed.load())
+      std::this_thread::yield();
+    for (std::size_t i = 0; i < kept_n; i++) {
+      if (pantry_test::check_pattern(kept[i], size, pantry_test::pattern_seed(3, i)) != size)
+        damaged++;
+      pantry_free(kept[i]);
+    }
+    remote_done = true;
+  });
+  owner.join();
+  remote.join();
+  CHECK(damaged.load() == 0);
+  CHECK(class_of(stats_now(), size).live_blocks == live_before);
 }
