@@ -191,11 +191,11 @@ typedef struct pn_page {
   uint8_t *page_start;      /* set at format: the first block */
   size_t block_size;        /* set at format, before any block is handed out; 0 = page unused */
   uint32_t used;            /* owner: blocks handed out, remote frees included */
-  uint32_t area; /* owner: reserved * block_size, in bytes, set at format; pn_page_shrink
-                    lowers it to the carved blocks' end and pn_page_extend raises it
-                    again, with relaxed atomic stores: other threads read it (relaxed)
-                    to check a free; a block handed out lies below every value they
-                    can see, so no order is needed */
+  uint32_t area;            /* owner: reserved * block_size, in bytes, set at format; pn_page_shrink
+                               lowers it to the carved blocks' end and pn_page_extend raises it
+                               again, with relaxed atomic stores: other threads read it (relaxed)
+                               to check a free; a block handed out lies below every value they
+                               can see, so no order is needed */
   uint32_t block_odd_inv;   /* block_odd^-1 mod 2^32: x % block_size == 0 test */
   uint32_t block_div_limit; /* UINT32_MAX / block_size */
   union {
