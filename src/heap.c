@@ -355,20 +355,18 @@ static void heap_page_trim(pn_heap_t *heap, pn_page_t *page) {
     return;
   page->free = page->local_free = NULL;
   page->capacity = 0;
-  page->area = 0;
+  pn_atomic_store_relaxed32u(&page->area, 0);
   pn_purge_page_release(pn_page_segment(page), page->index);
   heap->purge_pages++;
 }
 
 /* Before a trimmed page carves blocks again: take its memory back. False
- * while a purger is giving it back right now (use another page). */
+ * while a purger is giving it back right now (use another page). The
+ * caller carves at once (pn_page_extend), which sets area again. */
 static bool heap_page_untrim(pn_page_t *page) {
   if (PN_LIKELY(page->area != 0))
     return true;
-  if (!pn_purge_page_take(pn_page_segment(page), page))
-    return false;
-  page->area = (uint32_t)(page->reserved * page->block_size);
-  return true;
+  return pn_purge_page_take(pn_page_segment(page), page);
 }
 
 /* A page of `bin` with at least one free block, at the front of its queue. */

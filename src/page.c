@@ -30,7 +30,10 @@ void pn_page_format(pn_page_t *page, size_t block_size, unsigned bin, void *pool
   page->bin = (uint8_t)bin;
   page->pool = pool;
   page->reserved = (uint32_t)(page_size / block_size);
-  page->area = (uint32_t)(page->reserved * block_size);
+  /* A heap page's area covers the blocks carved so far (pn_page_extend
+   * raises it), so a free of a block never handed out, past them, is caught
+   * (alloc.c); a pool carves its own way and takes frees anywhere in it. */
+  page->area = pool != NULL ? (uint32_t)(page->reserved * block_size) : 0;
   page->capacity = 0;
   page->used = 0;
   page->free = page->local_free = NULL;
@@ -71,8 +74,10 @@ void pn_page_extend(pn_page_t *page) {
   pn_block_set_next(page, (pn_block_t *)p, page->free);
   page->free = (pn_block_t *)first;
   page->capacity += count;
-  /* A shrunk page (pn_page_shrink) takes frees only below its carved end:
-   * carving again moves the end. */
+  /* A heap page takes frees only below its carved end (pn_page_format,
+   * pn_page_shrink): carving moves the end. Relaxed: a block is carved
+   * before it is handed out, so whoever frees it sees the store through
+   * the handoff. */
   if (PN_UNLIKELY((size_t)page->capacity * page->block_size > page->area))
     pn_atomic_store_relaxed32u(&page->area, (uint32_t)((size_t)page->capacity * page->block_size));
 }

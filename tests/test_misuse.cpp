@@ -490,6 +490,33 @@ TEST_CASE("misuse: the middle of a block through each function aborts",
   }
 }
 
+TEST_CASE("misuse: a block its page has not carved yet aborts", "[death][misuse][interior]") {
+  // A class of 4 KiB to 8 KiB blocks that no page holds yet: a first
+  // allocation formats a fresh page and carves one block of it (carving
+  // goes about 4 KiB at a time), so the block after it lies inside the page
+  // but was never handed out: a free of it must abort, not put memory on the
+  // free list that the page will carve again.
+  pantry_stats_t stats;
+  pantry_stats_get(&stats);
+  std::size_t size = 0;
+  for (const pantry_size_class_stats_t &c : stats.size_classes)
+    if (c.block_size > 4 * KiB && c.block_size <= 8 * KiB && c.pages == 0) {
+      size = c.block_size;
+      break;
+    }
+  if (size == 0) {
+    WARN("every size class of 4 to 8 KiB holds pages in this process: nothing to check");
+    return;
+  }
+  char *p = static_cast<char *>(pantry_malloc(size));
+  REQUIRE(p != nullptr);
+  REQUIRE(pantry_usable_size(p) == size);
+  void *next = p + size;
+  require_diagnosed([next] { pantry_free(next); }, next, "pantry_free",
+                    Words{"double free or invalid pointer", "carved"});
+  pantry_free(p);
+}
+
 // ---------------------------------------------------------------------------
 // Wrong size or alignment
 // ---------------------------------------------------------------------------
