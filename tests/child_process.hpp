@@ -10,12 +10,15 @@
 #ifndef PANTRY_TEST_CHILD_PROCESS_HPP
 #define PANTRY_TEST_CHILD_PROCESS_HPP
 
+#include <catch2/catch.hpp>
+
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <poll.h>
 #include <sys/types.h>
@@ -154,6 +157,25 @@ inline bool children_may_start_threads() {
 #define PANTRY_TEST_LIBRARY_DEBUG 0
 #endif
 constexpr bool kLibraryDebug = PANTRY_TEST_LIBRARY_DEBUG != 0;
+
+/* Run `mistake` in a forked child, which must die of SIGABRT having printed
+ * each of `needles` (Catch2 assertions, in the parent). */
+template <class F> void require_aborts_with(F mistake, const std::vector<std::string> &needles) {
+  ChildOutcome r = run_child(
+      [&] {
+        mistake();
+        std::fprintf(stderr, "[child survived the mistake]\n");
+      },
+      60);
+  INFO("child output: [" << r.output << "]");
+  INFO("child " << r.describe());
+  REQUIRE(r.signaled);
+  REQUIRE(r.signal == SIGABRT);
+  for (const std::string &n : needles) {
+    INFO("expected: " << n);
+    CHECK(r.output.find(n) != std::string::npos);
+  }
+}
 
 } // namespace pantry_test
 

@@ -104,24 +104,6 @@ void require_diagnosed(F mistake, const void *p, const char *function, const Wor
                     [&](const std::string &w) { return out.find(lower(w)) != std::string::npos; }));
 }
 
-/* The child must die of SIGABRT after printing each of `needles`. */
-template <class F> void require_aborts_with(F mistake, const std::vector<std::string> &needles) {
-  ChildOutcome r = run_child(
-      [&] {
-        mistake();
-        std::fprintf(stderr, "[child survived the mistake]\n");
-      },
-      60);
-  INFO("child output: [" << r.output << "]");
-  INFO("child " << r.describe());
-  REQUIRE(r.signaled);
-  REQUIRE(r.signal == SIGABRT);
-  for (const std::string &n : needles) {
-    INFO("expected: " << n);
-    CHECK(r.output.find(n) != std::string::npos);
-  }
-}
-
 /* libc's malloc and free, whatever malloc this binary links first (a
  * sanitizer's runtime defines its own). */
 using MallocFn = void *(*)(std::size_t);

@@ -600,20 +600,6 @@ std::string ptr_text(const void *p) {
   return buf;
 }
 
-/* The child must die of SIGABRT after printing each of `needles`. */
-template <class F> void require_aborts_with(F mistake, const std::vector<std::string> &needles) {
-  ChildResult r = run_in_child(mistake);
-  INFO("child output: [" << r.output << "]");
-  INFO("child " << (r.exited ? "exited with status " + std::to_string(r.exit_code)
-                             : "killed by signal " + std::to_string(r.signal)));
-  REQUIRE(r.signaled);
-  REQUIRE(r.signal == SIGABRT);
-  for (const std::string &n : needles) {
-    INFO("expected: " << n);
-    CHECK(r.output.find(n) != std::string::npos);
-  }
-}
-
 pantry_pool_t *plain_pool(const char *name, std::size_t size = 64) {
   pantry_pool_config_t cfg{};
   cfg.name = name;

@@ -114,24 +114,6 @@ bool has_guard(const std::vector<MapsLine> &maps, std::uintptr_t from, std::uint
   return false;
 }
 
-/* The child must die of SIGABRT having printed each of `needles`. */
-template <class F> void require_aborts(F mistake, const std::vector<std::string> &needles) {
-  ChildOutcome r = run_child(
-      [&] {
-        mistake();
-        std::fprintf(stderr, "[child survived the mistake]\n");
-      },
-      60);
-  INFO("child output: [" << r.output << "]");
-  INFO("child " << r.describe());
-  REQUIRE(r.signaled);
-  REQUIRE(r.signal == SIGABRT);
-  for (const std::string &n : needles) {
-    INFO("expected: " << n);
-    CHECK(r.output.find(n) != std::string::npos);
-  }
-}
-
 } // namespace
 
 TEST_CASE("secure: the first 64 bytes of a freed block are overwritten", "[secure]") {
@@ -202,7 +184,7 @@ TEST_CASE("secure: a double free after a write to the freed block's link aborts"
     return;
   void *keep = pantry_malloc(64);
   void *p = pantry_malloc(64);
-  require_aborts(
+  pantry_test::require_aborts_with(
       [p] {
         pantry_free(p);
         std::uint64_t junk = 0x4141414141414141u;
@@ -248,7 +230,7 @@ TEST_CASE("secure: a block freed by two other threads at once aborts",
          "multi-threaded fork unless TSAN_OPTIONS has die_after_fork=0");
     return;
   }
-  require_aborts(
+  pantry_test::require_aborts_with(
       [] {
         void *p = pantry_malloc(64);
         std::atomic<int> ready{0};
