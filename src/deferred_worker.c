@@ -21,7 +21,11 @@
  *   deferred_xwake      futex word, WAKE_*: the worker says how it sleeps;
  *                       a kicker CASes it back to RUNNING and wakes it.
  *   deferred_xcommand   futex word, COMMAND_*: fork and exit ask the worker
- *                       to park or stop; deferred_xack is its answer.
+ *                       to park or stop; deferred_xack is its answer. A
+ *                       pause carries the fork's sequence number
+ *                       (COMMAND_PAUSE | seq << 2) and the worker answers
+ *                       with that word, so an answer to an earlier fork
+ *                       never passes for this one.
  *   deferred_xasked /   barrier tickets: a waiter takes a ticket (fetch_add);
  *   deferred_xdone      the worker publishes the last ticket it served
  *                       (futex word), after the call_rcus it owed.
@@ -64,6 +68,7 @@ static _Thread_local bool deferred_tls_starting; /* this thread holds LIFE_START
 static const pn_deferred_flavor_t *deferred_fork_flavor;
 static const struct rcu_flavor_struct *deferred_fork_online; /* the flavor it went offline in */
 static bool deferred_fork_paused;
+static uint32_t deferred_fork_seq; /* pauses asked (glibc runs fork handlers one fork at a time) */
 
 /* ------------------------------------------------------------------------ */
 /* Futexes and the clock                                                    */
@@ -164,17 +169,21 @@ static void deferred_worker_age(const pn_deferred_flavor_t *flavor) {
     flavor->rcu->thread_offline();
 }
 
-/* Obey COMMAND_PAUSE (fork): leave the flavor's registry, say so, and wait
- * until the command is withdrawn. */
-static void deferred_worker_pause(const struct rcu_flavor_struct **registered) {
+/* Obey a pause (fork): leave the flavor's registry, answer this very
+ * pause, and wait while the command word stays the same. The parent's
+ * resume changes it, and so does the next fork's pause (a new sequence
+ * number), which may come before this thread saw the resume: the caller's
+ * loop then answers that one. (An answer that was the constant
+ * COMMAND_PAUSE, reset by the worker as it left, could pass for the next
+ * fork's while the worker was already leaving.) */
+static void deferred_worker_pause(const struct rcu_flavor_struct **registered, uint32_t command) {
   if (*registered != NULL)
     (*registered)->unregister_thread();
   *registered = NULL;
-  pn_atomic_store_release32(&deferred_xack, COMMAND_PAUSE);
+  pn_atomic_store_release32(&deferred_xack, command);
   deferred_futex_wake(&deferred_xack, INT_MAX);
-  while (pn_atomic_load_acquire32(&deferred_xcommand) == COMMAND_PAUSE)
-    deferred_futex_wait(&deferred_xcommand, COMMAND_PAUSE, -1);
-  pn_atomic_store_release32(&deferred_xack, COMMAND_NONE);
+  while (pn_atomic_load_acquire32(&deferred_xcommand) == command)
+    deferred_futex_wait(&deferred_xcommand, command, -1);
 }
 
 /* Sleep until the next tick while batches are pending, or until kicked
@@ -211,8 +220,8 @@ static void *deferred_worker_main(void *arg) {
     uint32_t command = pn_atomic_load_acquire32(&deferred_xcommand);
     if (command == COMMAND_STOP)
       break;
-    if (command == COMMAND_PAUSE) {
-      deferred_worker_pause(&registered);
+    if ((command & 3u) == COMMAND_PAUSE) {
+      deferred_worker_pause(&registered, command);
       continue;
     }
     const pn_deferred_flavor_t *flavor = pn_deferred_flavor();
@@ -360,11 +369,12 @@ void pn_deferred_fork_prepare(void) {
     deferred_fork_online = flavor->rcu;
   }
   if (life == LIFE_STARTED) { /* step 2 */
-    pn_atomic_store_release32(&deferred_xcommand, COMMAND_PAUSE);
+    uint32_t pause = COMMAND_PAUSE | (++deferred_fork_seq << 2);
+    pn_atomic_store_release32(&deferred_xcommand, pause);
     deferred_futex_wake(&deferred_xcommand, INT_MAX);
     pn_deferred_worker_kick(false);
-    while (pn_atomic_load_acquire32(&deferred_xack) != COMMAND_PAUSE)
-      deferred_futex_wait(&deferred_xack, COMMAND_NONE, -1);
+    for (uint32_t ack; (ack = pn_atomic_load_acquire32(&deferred_xack)) != pause;)
+      deferred_futex_wait(&deferred_xack, ack, -1);
     deferred_fork_paused = true;
   }
   if (flavor->before_fork != NULL) { /* step 3 */
