@@ -435,6 +435,19 @@ leak:
 }
 
 void pantry_free_deferred(void *p) {
+  /* The common case checked inline, as free's fast path checks it: a
+   * pointer into a live pantry segment, at the start of a block of a page
+   * of the malloc API (not a pool's, not huge). Anything else, NULL too,
+   * goes through the full check, which names the mistake. */
+  if (PN_LIKELY(pn_segment_map_contains(p))) {
+    pn_segment_t *segment = pn_segment_of(p);
+    pn_page_t *page = pn_segment_page_of(segment, p);
+    if (PN_LIKELY(segment->kind != PN_PAGE_HUGE && page->pool == NULL &&
+                  pn_page_is_block_start(page, p))) {
+      deferred_push((uintptr_t)p, p, page->block_size, "pantry_free_deferred");
+      return;
+    }
+  }
   if (p == NULL)
     return;
   size_t usable = pn_usable_size_checked(p, "pantry_free_deferred");
