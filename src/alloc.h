@@ -24,7 +24,7 @@ size_t pn_usable_size_checked(const void *p, const char *fn) PN_HIDDEN;
 
 /* Free: a block of a page this thread owns goes on the page's local free
  * list with no atomics. Two checks ride along at almost no cost: that `p` is
- * the start of a block (a multiply), and that its first word does not look
+ * the start of a block (a multiply and a rotate), and that its first word does not look
  * like a free block's link (a double free suspect, confirmed in the slow
  * path). A page parked full or emptied by this free goes to
  * pn_heap_page_freed. Everything else (NULL, foreign pointers, remote
