@@ -244,10 +244,7 @@ static bool heap_reclaim_full(pn_heap_t *heap) {
   bool any = false;
   for (int kind = 0; kind < PN_PAGE_HUGE; kind++) {
     for (pn_segment_t *s = heap->segments[kind]; s != NULL; s = s->next) {
-      if (pn_atomic_load_relaxed(&s->xfull_freed) == 0)
-        continue;
-      /* Acquire: matches the release fetch_or in pn_page_free_remote. */
-      uintptr_t bits = pn_atomic_exchange_acquire(&s->xfull_freed, 0);
+      uintptr_t bits = pn_segment_take_full_freed(s);
       while (bits) {
         unsigned i = (unsigned)__builtin_ctzl(bits);
         bits &= bits - 1;

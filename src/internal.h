@@ -351,6 +351,17 @@ static inline pn_page_t *pn_segment_page_of(pn_segment_t *segment, const void *p
 
 static inline pn_segment_t *pn_page_segment(const pn_page_t *page) { return pn_segment_of(page); }
 
+/* The pages of `segment` that a remote free took out of the full state
+ * since its owner last looked (bit i = page i), cleared as they are read.
+ * The owner only (a heap or a pool cache). Acquire: matches the release
+ * fetch_or in pn_page_free_remote; a racy relaxed peek saves the exchange
+ * when no bit is set. */
+static inline uintptr_t pn_segment_take_full_freed(pn_segment_t *segment) {
+  if (pn_atomic_load_relaxed(&segment->xfull_freed) == 0)
+    return 0;
+  return pn_atomic_exchange_acquire(&segment->xfull_freed, 0);
+}
+
 /* Whether `segment` is a live pantry segment (its cookie, written when it
  * was formatted, matches its address under the process key). */
 static inline bool pn_segment_is_valid(const pn_segment_t *segment) {

@@ -157,7 +157,7 @@ bool pn_page_try_mark_full(pn_page_t *page) {
  * pn_page_collect. If the push clears PN_THREAD_FREE_FULL, this thread is the
  * one (see pn_page_try_mark_full) that reports the page to its owner through
  * segment->xfull_freed (release, matching the owner's acquire exchange in
- * heap.c's heap_reclaim_full). */
+ * pn_segment_take_full_freed). */
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) {
   pn_block_release_remote(page, block, fn);

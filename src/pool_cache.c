@@ -184,10 +184,7 @@ static void pool_page_unfull(pn_pool_cache_t *cache, pn_page_t *page, bool front
 static bool pool_cache_reclaim_full(pn_pool_cache_t *cache) {
   bool any = false;
   for (pn_segment_t *s = cache->segments; s != NULL; s = s->next) {
-    if (pn_atomic_load_relaxed(&s->xfull_freed) == 0)
-      continue;
-    /* Acquire: matches the release fetch_or in pn_page_free_remote. */
-    uintptr_t bits = pn_atomic_exchange_acquire(&s->xfull_freed, 0);
+    uintptr_t bits = pn_segment_take_full_freed(s);
     while (bits) {
       unsigned i = (unsigned)__builtin_ctzl(bits);
       bits &= bits - 1;
