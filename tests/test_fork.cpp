@@ -151,9 +151,11 @@ TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees
 
   std::atomic<bool> stop{false};
   std::atomic<std::uint64_t> busy_ops{0};
+  StartedThreads busy_started;
   std::vector<std::thread> busy;
   for (unsigned t = 0; t < 4; t++)
     busy.emplace_back([&, t] {
+      busy_started.started();
       Rng rng(t + 100);
       std::vector<void *> live(128, nullptr);
       std::vector<void *> objs(64, nullptr);
@@ -195,6 +197,7 @@ TEST_CASE("fork: while threads allocate and use pools and arenas and defer frees
   const int forks = static_cast<int>(16 * scale);
   int failures = 0;
   std::string first_failure;
+  busy_started.wait_for(busy.size()); // no fork inside a thread's start (StartedThreads)
   const double t0 = monotonic_seconds();
   for (int f = 0; f < forks; f++) {
     while (busy_ops.load() < static_cast<std::uint64_t>(f + 1) * 50) // forks land mid-work

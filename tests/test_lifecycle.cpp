@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "child_process.hpp"
 #include "pantry.h"
 #include "test_util.hpp"
 
@@ -88,15 +89,19 @@ TEST_CASE("lifecycle: fork while other threads allocate - the child allocates an
   return;
 #endif
   // A child of this test hung once under AddressSanitizer (CI, no stacks
-  // kept). The likely cause, a rare race in any build (issue 5): a fork that
-  // froze a busy thread inside urcu-bp's call_rcu enqueue of a segment
-  // release left a hole in the child's call_rcu queue, which liburcu's
-  // after_fork_child or the child's call_rcu thread waits on forever.
-  // depot.c now closes a gate in front of that call before fork.
+  // kept). Two causes were found since. A fork that froze a busy thread
+  // inside urcu-bp's call_rcu enqueue of a segment release left a hole in
+  // the child's call_rcu queue (issue 5; depot.c now closes a gate in
+  // front of that call before fork). And the first fork could catch a busy
+  // thread still inside the sanitizer's thread start, holding its
+  // allocator's lock (StartedThreads, child_process.hpp): the test now
+  // forks only once every busy thread runs.
   std::atomic<bool> stop{false};
+  pantry_test::StartedThreads busy_started;
   std::vector<std::thread> busy;
   for (int t = 0; t < 3; t++)
-    busy.emplace_back([&stop, t] {
+    busy.emplace_back([&stop, &busy_started, t] {
+      busy_started.started();
       pantry_test::Rng rng(t + 1);
       std::vector<void *> live(256, nullptr);
       while (!stop.load(std::memory_order_relaxed)) {
@@ -107,6 +112,7 @@ TEST_CASE("lifecycle: fork while other threads allocate - the child allocates an
       for (void *p : live)
         pantry_free(p);
     });
+  busy_started.wait_for(busy.size());
   int failures = 0;
   const int forks = static_cast<int>(20 * pantry_test::test_scale());
   for (int f = 0; f < forks; f++) {
