@@ -316,6 +316,14 @@ static void deferred_init_once(void) {
   if (pthread_key_create(&deferred_key, deferred_thread_exit) != 0)
     pn_fatal("pantry_free_deferred: pthread_key_create failed: cannot track thread exits");
   pn_atomic_store_release32(&deferred_xkey_made, 1);
+}
+
+/* The fork handlers, registered at load, after heap.c's process init (101)
+ * and purge.c's (102): pn_deferred_fork_prepare then runs before theirs.
+ * Never by the first deferred free: a fork racing that first use ran
+ * without them, and its child could keep a worker start caught half-way
+ * (LIFE_STARTING: its barrier waited forever). */
+__attribute__((constructor(103))) static void deferred_atfork_at_load(void) {
   pthread_atfork(pn_deferred_fork_prepare, pn_deferred_fork_parent, pn_deferred_fork_child);
 }
 

@@ -55,6 +55,8 @@ enum { WAKE_RUNNING, WAKE_NAPPING, WAKE_IDLE };
 enum { COMMAND_NONE, COMMAND_PAUSE, COMMAND_STOP };
 
 static pn_atomic_uint32_t deferred_xlife;    /* atomic acq/rel: LIFE_* */
+static pn_atomic_uint32_t deferred_xforking; /* atomic: 1 from the prepare handler to the parent's
+                                              * or child's; written by the forking thread */
 static pn_atomic_uint32_t deferred_xwake;    /* atomic, futex: WAKE_* */
 static pn_atomic_uint32_t deferred_xcommand; /* atomic, futex: COMMAND_* */
 static pn_atomic_uint32_t deferred_xack;     /* atomic, futex: the command the worker obeys */
@@ -262,6 +264,16 @@ void pn_deferred_worker_ensure(void) {
   uint32_t expected = LIFE_NONE;
   if (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &expected, LIFE_STARTING))
     return;
+  /* The fork gate (Dekker with pn_deferred_fork_prepare, whose store of
+   * the gate comes before its fence and its read of deferred_xlife; our
+   * CAS above is a full barrier before this read): either the prepare
+   * handler sees LIFE_STARTING and waits for the outcome, or we see the
+   * gate and start no thread during the fork. Its batches wait on the
+   * handover stack; the next batch or barrier starts the worker. */
+  if (pn_atomic_load_acquire32(&deferred_xforking) != 0) {
+    pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
+    return;
+  }
   deferred_tls_starting = true;
   sigset_t all, old;
   sigfillset(&all);
@@ -307,6 +319,11 @@ bool pn_deferred_worker_serve(void) {
     if ((int32_t)(done - (uint32_t)ticket) >= 0)
       return true;
     uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
+    if (life == LIFE_NONE && pn_atomic_load_acquire32(&deferred_xforking) != 0) {
+      sched_yield(); /* another thread forks: start the worker after it */
+      pn_deferred_worker_ensure();
+      continue;
+    }
     if (life == LIFE_NONE || life == LIFE_SHUTDOWN)
       return false; /* no worker: it could not start, or the library is going */
     deferred_futex_wait(&deferred_xdone, done, DEFERRED_TICK_NS);
@@ -355,6 +372,10 @@ void pn_deferred_fork_prepare(void) {
   deferred_fork_flavor = NULL;
   deferred_fork_online = NULL;
   deferred_fork_paused = false;
+  /* The gate: no worker start begins from here to the parent's or child's
+   * handler (pn_deferred_worker_ensure). Partner of the CAS there. */
+  pn_atomic_store_release32(&deferred_xforking, 1);
+  pn_atomic_fence_seq_cst();
   uint32_t life = pn_atomic_load_acquire32(&deferred_xlife);
   /* Step 1. Acquire: matches the starter's release store of the outcome. */
   while (life == LIFE_STARTING && !deferred_tls_starting) {
@@ -392,6 +413,7 @@ void pn_deferred_fork_parent(void) {
   }
   if (deferred_fork_online != NULL)
     deferred_fork_online->thread_online();
+  pn_atomic_store_release32(&deferred_xforking, 0);
 }
 
 /* In the child only this thread lives: no worker (a new one starts on
@@ -420,4 +442,5 @@ void pn_deferred_fork_child(void) {
   }
   if (deferred_fork_online != NULL)
     deferred_fork_online->thread_online();
+  pn_atomic_store_release32(&deferred_xforking, 0);
 }

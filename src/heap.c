@@ -461,7 +461,10 @@ void pn_process_init(void) {
   pn_atomic_store_release32(&process_xstate, 2);
 }
 
-__attribute__((constructor)) static void process_init_at_load(void) { pn_process_init(); }
+/* Priority 101: before purge.c's (102) and deferred.c's (103) constructors,
+ * which register their fork handlers after the depot's (their prepare
+ * handlers then run before the depot's, as each file's fork comment needs). */
+__attribute__((constructor(101))) static void process_init_at_load(void) { pn_process_init(); }
 
 static pn_heap_t *heap_create(void) {
   size_t size = (sizeof(pn_heap_t) + PN_OS_PAGE_SIZE - 1) & ~(PN_OS_PAGE_SIZE - 1);

@@ -416,10 +416,11 @@ static pn_atomic_uint32_t purge_xlife;
 static pn_atomic_uint32_t purge_xwake;
 static pn_atomic_uint32_t purge_xcommand;
 static pn_atomic_uint32_t purge_xack;
+static pn_atomic_uint32_t purge_xforking; /* 1 from the prepare handler to the parent's or
+                                           * child's; written by the forking thread */
 static uint32_t
     purge_pause_seq; /* the forking thread's (glibc runs fork handlers one fork at a time) */
-static pthread_t purge_thread;       /* written by the thread that starts it, read by the stopper */
-static bool purge_atfork_registered; /* written once, by the first starter (LIFE_STARTING) */
+static pthread_t purge_thread; /* written by the thread that starts it, read by the stopper */
 
 static void purge_futex_wait(pn_atomic_uint32_t *word, uint32_t value, uint64_t ns) {
   struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
@@ -534,13 +535,18 @@ static void purge_thread_command(uint32_t command) {
 
 /* Before fork: wait out LIFE_STARTING, then pause a started thread. The
  * starter is between its CAS and its store of the outcome, running
- * pthread_create, which never waits for the forking thread (on the first
- * start it also runs pthread_atfork, which may, but then this handler is
- * not registered yet and does not run); the new thread may already be
- * scanning. Without the wait it would run on through
- * the fork, and the child would inherit LIFE_STARTING for good: no purge
- * thread would ever start there, and exit() would spin in purge_unload. */
+ * pthread_create, which never waits for the forking thread; the new thread
+ * may already be scanning. Without the wait it would run on through the
+ * fork. A start that comes after the gate below closed starts nothing; the
+ * child handler resets what the child inherits. The handlers are registered at load
+ * (purge_atfork_at_load), never by the first start: a fork racing the first start ran without them,
+ * and its child kept LIFE_STARTING for good (no purge thread ever started there, and exit() spun in
+ * purge_unload). */
 static void purge_fork_prepare(void) {
+  /* The gate: no start begins from here to the parent's or child's handler
+   * (pn_purge_thread_start_maybe). Partner of the starter's CAS there. */
+  pn_atomic_store_release32(&purge_xforking, 1);
+  pn_atomic_fence_seq_cst();
   uint32_t life = pn_atomic_load_acquire32(&purge_xlife);
   while (life == LIFE_STARTING) { /* acquire: matches the starter's store of the outcome */
     sched_yield();
@@ -555,18 +561,28 @@ static void purge_fork_prepare(void) {
 }
 
 static void purge_fork_parent(void) {
-  if (pn_atomic_load_acquire32(&purge_xlife) != LIFE_STARTED)
-    return;
-  purge_thread_command(COMMAND_NONE);
+  if (pn_atomic_load_acquire32(&purge_xlife) == LIFE_STARTED)
+    purge_thread_command(COMMAND_NONE);
+  pn_atomic_store_release32(&purge_xforking, 0);
 }
 
 static void purge_fork_child(void) {
-  /* The thread is not in the child; a later segment starts a new one. */
+  /* The thread is not in the child, nor is a starter caught between its
+   * CAS and its outcome (a start that began after the prepare handler
+   * looked); a later segment starts a new one. */
   pn_atomic_store_release32(&purge_xack, COMMAND_NONE);
   pn_atomic_store_release32(&purge_xcommand, COMMAND_NONE);
   pn_atomic_store_release32(&purge_xwake, WAKE_RUNNING);
-  if (pn_atomic_load_acquire32(&purge_xlife) == LIFE_STARTED)
+  uint32_t life = pn_atomic_load_acquire32(&purge_xlife);
+  if (life == LIFE_STARTED || life == LIFE_STARTING)
     pn_atomic_store_release32(&purge_xlife, LIFE_NONE);
+  pn_atomic_store_release32(&purge_xforking, 0);
+}
+
+/* After heap.c's process init (101), so that purge_fork_prepare runs
+ * before the depot's prepare handler. */
+__attribute__((constructor(102))) static void purge_atfork_at_load(void) {
+  pthread_atfork(purge_fork_prepare, purge_fork_parent, purge_fork_child);
 }
 
 /* Heap layer, on every allocation slow path (a load when it is started):
@@ -581,9 +597,13 @@ void pn_purge_thread_start_maybe(void) {
   uint32_t expected = LIFE_NONE;
   if (!pn_atomic_cas_strong_acq_rel32(&purge_xlife, &expected, LIFE_STARTING))
     return;
-  if (!purge_atfork_registered) {
-    purge_atfork_registered = true;
-    pthread_atfork(purge_fork_prepare, purge_fork_parent, purge_fork_child);
+  /* The fork gate (Dekker: the CAS above is a full barrier before this
+   * read; purge_fork_prepare stores the gate, fences, then reads the life
+   * word): the prepare handler waits for our outcome, or we start nothing
+   * while a fork runs (a later slow path starts the thread). */
+  if (pn_atomic_load_acquire32(&purge_xforking) != 0) {
+    pn_atomic_store_release32(&purge_xlife, LIFE_NONE);
+    return;
   }
   /* The thread blocks every signal, so none meant for the program lands on it. */
   sigset_t all, old;
