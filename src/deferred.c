@@ -405,7 +405,8 @@ static PN_NOINLINE PN_COLD pn_deferred_batch_t *deferred_batch_new(pn_deferred_s
   batch->pool_objects = 0;
   pn_deferred_worker_ensure(); /* after fork, the child's first batch starts one */
   pn_atomic_fetch_add_acq_rel(&pn_deferred_xbatches, 1);
-  pn_deferred_worker_kick(true); /* the worker sleeps without a bound only when none is pending */
+  /* the worker sleeps without a bound only when none is pending */
+  pn_deferred_worker_kick(PN_DEFERRED_KICK_IDLE);
   return batch;
 }
 
@@ -431,8 +432,11 @@ static inline void deferred_push(uintptr_t item, void *p, size_t usable, const c
   if (PN_UNLIKELY(batch->count == DEFERRED_BATCH_CAPACITY)) {
     deferred_handover(batch);
     /* A napping worker would issue its call_rcu at the next tick: wake it,
-     * so blocks wait one grace period, not a tick more. */
-    pn_deferred_worker_kick(false);
+     * so blocks wait one grace period, not a tick more. A polling one (it
+     * found batches on its last look) comes within DEFERRED_POLL_NS by
+     * itself: no system call here for each batch of a thread that defers
+     * all the time. */
+    pn_deferred_worker_kick(PN_DEFERRED_KICK_HANDOVER);
     batch = NULL;
   }
   /* Release: the append above is visible to a stealer's acquire exchange. */

@@ -104,8 +104,16 @@ void pn_deferred_done_take(pn_deferred_slot_t *slot, unsigned limit) PN_HIDDEN;
 
 /* Start the worker if none runs (first use, or in a fork child). */
 void pn_deferred_worker_ensure(void) PN_HIDDEN;
-/* Wake the worker from any sleep, or (only_idle) from an unbounded one. */
-void pn_deferred_worker_kick(bool only_idle) PN_HIDDEN;
+/* How hard pn_deferred_worker_kick wakes the worker: only from a sleep
+ * without a bound (a new batch: the worker must start counting ticks),
+ * also from a nap until the next tick (a full batch handed over), or from
+ * any sleep, the short poll included (a barrier's ticket, a command). */
+typedef enum {
+  PN_DEFERRED_KICK_IDLE,
+  PN_DEFERRED_KICK_HANDOVER,
+  PN_DEFERRED_KICK_ALL
+} pn_deferred_kick_t;
+void pn_deferred_worker_kick(pn_deferred_kick_t kick) PN_HIDDEN;
 /* Wait until the worker has issued call_rcu for every batch queued before
  * the call. False when no worker can (none could start, or shut down). */
 bool pn_deferred_worker_serve(void) PN_HIDDEN;

@@ -47,10 +47,15 @@
 /* The worker's tick. A partial batch seen unchanged at two ticks is handed
  * over: no pointer waits more than about two ticks before its call_rcu. */
 #define DEFERRED_TICK_NS ((int64_t)10 * 1000 * 1000)
+/* After a look that found batches handed over, the worker looks again this
+ * soon by itself (WAKE_POLLING), and a full batch does not wake it: a
+ * thread that defers all the time makes no system call per batch, and its
+ * batches wait at most this long for their call_rcu. */
+#define DEFERRED_POLL_NS ((int64_t)1000 * 1000)
 
 /* Worker life (deferred_xlife) and sleep states (deferred_xwake). */
 enum { LIFE_NONE, LIFE_STARTING, LIFE_STARTED, LIFE_SHUTDOWN };
-enum { WAKE_RUNNING, WAKE_NAPPING, WAKE_IDLE };
+enum { WAKE_RUNNING, WAKE_NAPPING, WAKE_IDLE, WAKE_POLLING };
 /* Commands to the worker (deferred_xcommand), acknowledged in deferred_xack. */
 enum { COMMAND_NONE, COMMAND_PAUSE, COMMAND_STOP };
 
@@ -96,25 +101,27 @@ static int64_t deferred_now_ns(void) {
 /* The worker                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* Wake the worker if it sleeps (any sleep, or only an unbounded one). The
+/* Wake the worker if it sleeps as lightly as `kick` says (deferred.h). The
  * caller has published its reason (a ticket, a command, a new batch); the
  * fence orders that store before our read of the sleep state, as the
  * worker's fence orders its state store before its read of our reason. */
-void pn_deferred_worker_kick(bool only_idle) {
+void pn_deferred_worker_kick(pn_deferred_kick_t kick) {
   pn_atomic_fence_seq_cst();
   uint32_t state = pn_atomic_load_acquire32(&deferred_xwake);
-  if (state == WAKE_RUNNING || (only_idle && state != WAKE_IDLE))
+  if (state == WAKE_RUNNING || (kick == PN_DEFERRED_KICK_IDLE && state != WAKE_IDLE) ||
+      (kick == PN_DEFERRED_KICK_HANDOVER && state == WAKE_POLLING))
     return;
   if (pn_atomic_cas_strong_acq_rel32(&deferred_xwake, &state, WAKE_RUNNING))
     deferred_futex_wake(&deferred_xwake, 1);
 }
 
-/* Call call_rcu for every batch on the handover stack. */
-static void deferred_worker_drain(const pn_deferred_flavor_t *flavor) {
+/* Call call_rcu for every batch on the handover stack. Returns whether
+ * there was any. */
+static bool deferred_worker_drain(const pn_deferred_flavor_t *flavor) {
   /* Relaxed peek: the caller's acquire of the barrier's ticket already
    * orders the pushes the ticket covers before this load. */
   if (pn_atomic_load_relaxed(&pn_deferred_xhandover) == 0)
-    return;
+    return false;
   /* Acquire: matches the release CAS of every push (deferred_handover), so
    * each batch's items and link are seen. The worker is the only taker. */
   pn_deferred_batch_t *list =
@@ -135,6 +142,7 @@ static void deferred_worker_drain(const pn_deferred_flavor_t *flavor) {
     fifo = next;
   }
   flavor->rcu->thread_offline();
+  return true;
 }
 
 /* The time bound: steal every open batch that has not changed since the
@@ -188,11 +196,12 @@ static void deferred_worker_pause(const struct rcu_flavor_struct **registered, u
     deferred_futex_wait(&deferred_xcommand, command, -1);
 }
 
-/* Sleep until the next tick while batches are pending, or until kicked
- * when none is. Returns at once when there is work. */
-static void deferred_worker_sleep(int64_t next_tick) {
+/* Sleep until the next tick while batches are pending (at most
+ * DEFERRED_POLL_NS when `poll`: the last look found batches handed over),
+ * or until kicked when none is. Returns at once when there is work. */
+static void deferred_worker_sleep(int64_t next_tick, bool poll) {
   bool pending = pn_atomic_load_acquire(&pn_deferred_xbatches) != 0;
-  uint32_t state = pending ? WAKE_NAPPING : WAKE_IDLE;
+  uint32_t state = !pending ? WAKE_IDLE : poll ? WAKE_POLLING : WAKE_NAPPING;
   pn_atomic_store_release32(&deferred_xwake, state);
   /* Partner of the fence in pn_deferred_worker_kick. */
   pn_atomic_fence_seq_cst();
@@ -207,6 +216,8 @@ static void deferred_worker_sleep(int64_t next_tick) {
       ns = next_tick - deferred_now_ns();
       if (ns < 0)
         ns = 0;
+      if (poll && ns > DEFERRED_POLL_NS)
+        ns = DEFERRED_POLL_NS;
     }
     if (ns != 0)
       deferred_futex_wait(&deferred_xwake, state, ns);
@@ -237,7 +248,7 @@ static void *deferred_worker_main(void *arg) {
     /* Acquire: matches the barrier's ticket; the batches it pushed before
      * taking the ticket are on the stack we drain next. */
     uintptr_t asked = pn_atomic_load_acquire(&deferred_xasked);
-    deferred_worker_drain(flavor);
+    bool drained = deferred_worker_drain(flavor);
     int64_t now = deferred_now_ns();
     if (now >= next_tick) {
       deferred_worker_age(flavor);
@@ -248,7 +259,7 @@ static void *deferred_worker_main(void *arg) {
       pn_atomic_store_release32(&deferred_xdone, (uint32_t)asked);
       deferred_futex_wake(&deferred_xdone, INT_MAX);
     }
-    deferred_worker_sleep(next_tick);
+    deferred_worker_sleep(next_tick, drained);
   }
   if (registered != NULL)
     registered->unregister_thread();
@@ -301,7 +312,7 @@ void pn_deferred_worker_stop(void) {
     return;
   pn_atomic_store_release32(&deferred_xcommand, COMMAND_STOP);
   deferred_futex_wake(&deferred_xcommand, INT_MAX);
-  pn_deferred_worker_kick(false);
+  pn_deferred_worker_kick(PN_DEFERRED_KICK_ALL);
   pthread_join(deferred_worker, NULL);
 }
 
@@ -312,7 +323,7 @@ bool pn_deferred_worker_serve(void) {
   /* Release: the caller's pushes happen before the worker's acquire of
    * the ticket, so the drain that serves it sees them. */
   uintptr_t ticket = pn_atomic_fetch_add_acq_rel(&deferred_xasked, 1) + 1;
-  pn_deferred_worker_kick(false);
+  pn_deferred_worker_kick(PN_DEFERRED_KICK_ALL);
   for (;;) {
     /* Acquire: matches the worker's release store after its call_rcus. */
     uint32_t done = pn_atomic_load_acquire32(&deferred_xdone);
@@ -393,7 +404,7 @@ void pn_deferred_fork_prepare(void) {
     uint32_t pause = COMMAND_PAUSE | (++deferred_fork_seq << 2);
     pn_atomic_store_release32(&deferred_xcommand, pause);
     deferred_futex_wake(&deferred_xcommand, INT_MAX);
-    pn_deferred_worker_kick(false);
+    pn_deferred_worker_kick(PN_DEFERRED_KICK_ALL);
     for (uint32_t ack; (ack = pn_atomic_load_acquire32(&deferred_xack)) != pause;)
       deferred_futex_wait(&deferred_xack, ack, -1);
     deferred_fork_paused = true;
