@@ -16,12 +16,18 @@
  * (urcu_memb_barrier / pantry_deferred_barrier) before bench_worker_done,
  * so ops/s counts frees completed, not frees queued: a variant whose
  * callbacks fall behind pays for it.
+ *
+ * Extra JSON field: worker_cpu_ns, the CPU time of the worker threads over
+ * the same span (CLOCK_THREAD_CPUTIME_ID), summed: what the deferring
+ * threads themselves pay per op, apart from the time other threads (the
+ * call_rcu thread, pantry's worker) take from them on a busy machine.
  */
 #define _GNU_SOURCE
 #include "bench.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include <pantry.h>
 #include <urcu/urcu-memb.h>
@@ -30,8 +36,15 @@ struct deferred_worker {
   _Alignas(64) struct bench_run *run;
   pthread_t thread;
   uint64_t quota;
+  uint64_t cpu_ns; /* this thread's CPU time from the gate to its done */
   uint32_t sizes[BENCH_SIZE_TABLE];
 };
+
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* ---- rcu_head: the usual idiom ------------------------------------------- */
 
@@ -52,6 +65,7 @@ static void *rcu_head_thread(void *arg) {
 
   urcu_memb_register_thread();
   bench_gate_wait(run);
+  uint64_t cpu0 = thread_cpu_ns();
   for (i = 0; i < w->quota; i++) {
     if ((i & BENCH_STOP_CHECK_MASK) == 0 && bench_stopped(run))
       break;
@@ -63,6 +77,7 @@ static void *rcu_head_thread(void *arg) {
     urcu_memb_call_rcu(&o->rcu, object_free_rcu);
   }
   urcu_memb_barrier(); /* every callback queued so far has run */
+  w->cpu_ns = thread_cpu_ns() - cpu0;
   bench_worker_done(run, i);
   urcu_memb_unregister_thread();
   bench_sink_add(acc);
@@ -79,6 +94,7 @@ static void *pantry_thread(void *arg) {
 
   urcu_memb_register_thread();
   bench_gate_wait(run);
+  uint64_t cpu0 = thread_cpu_ns();
   for (i = 0; i < w->quota; i++) {
     if ((i & BENCH_STOP_CHECK_MASK) == 0 && bench_stopped(run))
       break;
@@ -90,6 +106,7 @@ static void *pantry_thread(void *arg) {
     pantry_free_deferred(p);
   }
   pantry_deferred_barrier(); /* every free deferred so far is done */
+  w->cpu_ns = thread_cpu_ns() - cpu0;
   bench_worker_done(run, i);
   urcu_memb_unregister_thread();
   bench_sink_add(acc);
@@ -110,8 +127,12 @@ static int run_workers(struct bench_run *run, void *(*fn)(void *)) {
     bench_thread_start(&workers[t].thread, fn, &workers[t]);
   }
   bench_gate_open(run, n);
-  for (unsigned t = 0; t < n; t++)
+  uint64_t cpu_ns = 0;
+  for (unsigned t = 0; t < n; t++) {
     bench_thread_join(workers[t].thread);
+    cpu_ns += workers[t].cpu_ns;
+  }
+  bench_counter(run, "worker_cpu_ns", cpu_ns);
   free(workers);
   run->threads = n;
   return 0;

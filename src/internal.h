@@ -438,7 +438,16 @@ static inline void pn_block_set_next(const pn_page_t *page, pn_block_t *block,
  * alternating repetitions, against 2% without the check; dropped.) */
 static inline pn_block_t *pn_page_pop(pn_page_t *page) {
   pn_block_t *block = page->free;
-  page->free = pn_block_next(page, block);
+  pn_block_t *next = pn_block_next(page, block);
+  page->free = next;
+  /* The next pop reads `next`'s link, and its caller writes it: start the
+   * miss now (tcmalloc prefetches its next free object the same way). It
+   * pays where blocks come back cold: deferred frees, freed a grace period
+   * after they went out (bench_deferred pantry/1: 18.6 vs 15.0 Mops/s,
+   * worker CPU 53.5 vs 66.6 ns/op); on hot lists it is one instruction
+   * (pantry_bench pairs, batch, server, prodcons: 0.95x..1.02x CPU).
+   * Prefetching NULL or a stale link cannot fault. */
+  __builtin_prefetch(next, 1);
   pn_track_alloc(block, page->block_size, pn_secure);
   page->used++;
   return block;
