@@ -38,8 +38,19 @@ static pn_block_t *free_find_block(pn_segment_t *segment, pn_page_t *page, void 
   if (pn_page_is_block_start(page, p))
     return p;
   if (pn_page_has_aligned(page) && (uint8_t *)p >= page->page_start &&
-      (uint8_t *)p < page->page_start + pn_atomic_load_relaxed32u(&page->area))
-    return pn_page_block_start(page, p);
+      (uint8_t *)p < page->page_start + pn_atomic_load_relaxed32u(&page->area)) {
+    /* An aligned allocation hands out its block's start rounded up to its
+     * alignment A (pn_heap_malloc_aligned): a pointer p whose lowest set
+     * bit is at least A and that lies less than A past the start. So p is
+     * such a pointer exactly when p - start < lowbit(p) (the one multiple
+     * of lowbit(p) in [start, start + lowbit(p))). Any other interior
+     * pointer is the program's mistake: diagnosed below, not freed as the
+     * block it points into. */
+    pn_block_t *block = pn_page_block_start(page, p);
+    uintptr_t lowbit = (uintptr_t)p & (~(uintptr_t)p + 1);
+    if ((uintptr_t)p - (uintptr_t)block < lowbit)
+      return block;
+  }
   /* Past the carved end of a shrunk page (page.c's pn_page_shrink), where no
    * block is handed out: a block freed before, and given back since. */
   size_t off = (size_t)((uint8_t *)p - page->page_start);

@@ -470,6 +470,30 @@ TEST_CASE("misuse: the middle of a block through each function aborts",
                       "pantry_usable_size", kInterior);
     pantry_free(p);
   }
+  SECTION("past the aligned pointer of an aligned block (its page maps interior pointers)") {
+    // 64-byte alignment from 16-byte-aligned blocks: until one comes back
+    // offset from its block's start, which marks its page as holding
+    // aligned pointers. There, only a block's start rounded up to a power
+    // of two is what pantry handed out; 32 bytes further is not.
+    std::vector<void *> held;
+    char *p = nullptr;
+    for (int i = 0; i < 64 && p == nullptr; i++) {
+      char *q = static_cast<char *>(pantry_aligned_alloc(64, 100));
+      REQUIRE(q != nullptr);
+      REQUIRE(reinterpret_cast<std::uintptr_t>(q) % 64 == 0);
+      held.push_back(q);
+      // an offset block: q itself is not a block start of the 128-byte class
+      if (reinterpret_cast<std::uintptr_t>(q) % 128 != 0)
+        p = q;
+    }
+    REQUIRE(p != nullptr);
+    void *mid = p + 32;
+    require_diagnosed([mid] { pantry_free(mid); }, mid, "pantry_free", kInterior);
+    require_diagnosed([mid] { std::printf("%p\n", pantry_realloc(mid, 300)); }, mid,
+                      "pantry_realloc", kInterior);
+    for (void *q : held)
+      pantry_free(q); // the aligned pointers themselves stay valid
+  }
 }
 
 TEST_CASE("misuse: a block its page has not carved yet aborts", "[death][misuse][interior]") {
