@@ -275,12 +275,13 @@ void pn_deferred_worker_ensure(void) {
   uint32_t expected = LIFE_NONE;
   if (!pn_atomic_cas_strong_acq_rel32(&deferred_xlife, &expected, LIFE_STARTING))
     return;
-  /* The fork gate (Dekker with pn_deferred_fork_prepare, whose store of
-   * the gate comes before its fence and its read of deferred_xlife; our
-   * CAS above is a full barrier before this read): either the prepare
-   * handler sees LIFE_STARTING and waits for the outcome, or we see the
-   * gate and start no thread during the fork. Its batches wait on the
-   * handover stack; the next batch or barrier starts the worker. */
+  /* The fork gate (Dekker with pn_deferred_fork_prepare, which stores the
+   * gate, fences, then reads deferred_xlife; we store LIFE_STARTING,
+   * fence, then read the gate): either the prepare handler sees
+   * LIFE_STARTING and waits for the outcome, or we see the gate and start
+   * no thread during the fork. Its batches wait on the handover stack; the
+   * next batch or barrier starts the worker. */
+  pn_atomic_fence_seq_cst();
   if (pn_atomic_load_acquire32(&deferred_xforking) != 0) {
     pn_atomic_store_release32(&deferred_xlife, LIFE_NONE);
     return;

@@ -537,11 +537,12 @@ static void purge_thread_command(uint32_t command) {
  * starter is between its CAS and its store of the outcome, running
  * pthread_create, which never waits for the forking thread; the new thread
  * may already be scanning. Without the wait it would run on through the
- * fork. A start that comes after the gate below closed starts nothing; the
- * child handler resets what the child inherits. The handlers are registered at load
- * (purge_atfork_at_load), never by the first start: a fork racing the first start ran without them,
- * and its child kept LIFE_STARTING for good (no purge thread ever started there, and exit() spun in
- * purge_unload). */
+ * fork. A start whose CAS comes after the gate below closed starts nothing
+ * (but the fork may still catch it between its CAS and its NONE store: the
+ * child handler resets that). The handlers are registered at load
+ * (purge_atfork_at_load), never by the first start: a fork racing the
+ * first start ran without them, and its child kept LIFE_STARTING for good
+ * (no purge thread ever started there, and exit() spun in purge_unload). */
 static void purge_fork_prepare(void) {
   /* The gate: no start begins from here to the parent's or child's handler
    * (pn_purge_thread_start_maybe). Partner of the starter's CAS there. */
@@ -597,10 +598,11 @@ void pn_purge_thread_start_maybe(void) {
   uint32_t expected = LIFE_NONE;
   if (!pn_atomic_cas_strong_acq_rel32(&purge_xlife, &expected, LIFE_STARTING))
     return;
-  /* The fork gate (Dekker: the CAS above is a full barrier before this
-   * read; purge_fork_prepare stores the gate, fences, then reads the life
+  /* The fork gate (Dekker: we store LIFE_STARTING, fence, then read the
+   * gate; purge_fork_prepare stores the gate, fences, then reads the life
    * word): the prepare handler waits for our outcome, or we start nothing
    * while a fork runs (a later slow path starts the thread). */
+  pn_atomic_fence_seq_cst();
   if (pn_atomic_load_acquire32(&purge_xforking) != 0) {
     pn_atomic_store_release32(&purge_xlife, LIFE_NONE);
     return;
