@@ -170,7 +170,11 @@ static void depot_unmap(pn_segment_t *segment) {
 
 static void depot_release_rcu(struct rcu_head *head) {
   pn_segment_t *segment = depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head));
-  if (pn_purge_segment_busy(segment)) { /* a purger madvises part of it: wait for it */
+  /* A purger madvises part of it, or a remote free has yet to report a
+   * page that left the full state (internal.h, pn_page_report_begin):
+   * wait for them. Acquire: the increment happened before the publishing
+   * CAS that the owner's collect acquired before this release. */
+  if (pn_purge_segment_busy(segment) || pn_atomic_load_acquire(&segment->xreporting) != 0) {
     depot_call_rcu(segment, depot_release_rcu);
     return;
   }

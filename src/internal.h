@@ -252,7 +252,11 @@ struct pn_segment {
   /* Cache line 1: written by other threads (a remote free that takes a page
    * out of the full state; the purgers), so it stays off line 0. */
   _Alignas(64) pn_atomic_uintptr_t
-      xfull_freed; /* atomic: bit i = page i left the full state (remote free) */
+      xfull_freed;                /* atomic: bit i = page i left the full state (remote free) */
+  pn_atomic_uintptr_t xreporting; /* atomic acq/rel: remote frees between their push and
+                                   * their xfull_freed report (pn_page_report_begin); the
+                                   * depot keeps the segment mapped while it is not 0.
+                                   * Never reset: a reformat leaves it alone */
   /* Purging (purge.c), in 64 KiB purge units whatever the page size, so a
    * unit's state survives a reformat. Any thread may claim a pending unit:
    * the owner to reuse it, a purger to give it back; the fetch_and on
@@ -392,6 +396,24 @@ bool pn_page_contains_free(const pn_page_t *page, const void *block) PN_HIDDEN;
  * (after a burst). Owner only. */
 bool pn_page_shrink_worth(const pn_page_t *page) PN_HIDDEN;
 size_t pn_page_shrink(pn_page_t *page) PN_HIDDEN;
+/* A remote push that may take a page out of the full state reports it in
+ * segment->xfull_freed after the push has published its blocks; from that
+ * instant the owner may collect them, empty the page and release the
+ * segment (at thread exit, say), which the depot would unmap a grace period
+ * later. So such a push counts itself in segment->xreporting from before
+ * the CAS that publishes to after the report, and the depot's release
+ * waits (another grace period, and another) while the count is not 0. A
+ * thread stopped between the two (the lock-freedom test stops threads
+ * anywhere) crashed on an unmapped segment without it, under
+ * AddressSanitizer in CI. Acq_rel: the increment comes before the
+ * publishing CAS (release), which the owner's collect acquires, so every
+ * release that follows sees it; the decrement comes after the report. */
+static inline void pn_page_report_begin(pn_segment_t *segment) {
+  pn_atomic_fetch_add_acq_rel(&segment->xreporting, 1);
+}
+static inline void pn_page_report_end(pn_segment_t *segment) {
+  pn_atomic_fetch_sub_acq_rel(&segment->xreporting, 1);
+}
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) PN_HIDDEN;
 

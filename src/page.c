@@ -163,13 +163,20 @@ void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *blo
   pn_block_release_remote(page, block, fn);
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
+  bool reporting = false;
   do {
+    if (PN_UNLIKELY((old & PN_THREAD_FREE_FULL) != 0 && !reporting)) {
+      pn_page_report_begin(segment); /* before the CAS that may publish (internal.h) */
+      reporting = true;
+    }
     pn_block_set_next(page, block, (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK));
     uintptr_t count = (old >> PN_THREAD_FREE_COUNT_SHIFT) + 1;
     word = (uintptr_t)block | (count << PN_THREAD_FREE_COUNT_SHIFT);
   } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, word));
   if (old & PN_THREAD_FREE_FULL)
     pn_atomic_fetch_or_release(&segment->xfull_freed, (uintptr_t)1 << page->index);
+  if (reporting)
+    pn_page_report_end(segment);
 }
 
 /* The start of the block that contains `p` (for pages that hand out

@@ -345,13 +345,20 @@ static void pool_page_push_remote(pn_segment_t *segment, pn_page_t *page, pn_blo
                                   pn_block_t *tail, uint32_t count) {
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
+  bool reporting = false;
   do {
+    if (PN_UNLIKELY((old & PN_THREAD_FREE_FULL) != 0 && !reporting)) {
+      pn_page_report_begin(segment); /* before the CAS that may publish (internal.h) */
+      reporting = true;
+    }
     pn_block_set_next(page, tail, (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK));
     uintptr_t total = (old >> PN_THREAD_FREE_COUNT_SHIFT) + count;
     word = (uintptr_t)head | (total << PN_THREAD_FREE_COUNT_SHIFT);
   } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, word));
   if (old & PN_THREAD_FREE_FULL)
     pn_atomic_fetch_or_release(&segment->xfull_freed, (uintptr_t)1 << page->index);
+  if (reporting)
+    pn_page_report_end(segment);
 }
 
 /* Give free objects back to their pages: a local push for the pages of the
