@@ -402,10 +402,11 @@ size_t pn_page_shrink(pn_page_t *page) PN_HIDDEN;
  * segment (at thread exit, say), which the depot would unmap a grace period
  * later. So such a push counts itself in segment->xreporting from before
  * the CAS that publishes to after the report, and the depot's release
- * waits (another grace period, and another) while the count is not 0. A
- * thread stopped between the two (the lock-freedom test stops threads
- * anywhere) crashed on an unmapped segment without it, under
- * AddressSanitizer in CI. Acq_rel: the increment comes before the
+ * waits (another grace period, and another) while the count is not 0.
+ * Without it a thread stopped between the two (the lock-freedom test stops
+ * threads anywhere) would write into an unmapped segment: the likely cause
+ * of that test's one crash under AddressSanitizer in CI, whose output was
+ * lost. Acq_rel: the increment comes before the
  * publishing CAS (release), which the owner's collect acquires, so every
  * release that follows sees it; the decrement comes after the report. */
 static inline void pn_page_report_begin(pn_segment_t *segment) {
