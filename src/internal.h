@@ -415,6 +415,8 @@ static inline void pn_page_report_begin(pn_segment_t *segment) {
 static inline void pn_page_report_end(pn_segment_t *segment) {
   pn_atomic_fetch_sub_acq_rel(&segment->xreporting, 1);
 }
+void pn_page_push_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *head, pn_block_t *tail,
+                         uint32_t count) PN_HIDDEN;
 void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
                          const char *fn) PN_HIDDEN;
 

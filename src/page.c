@@ -149,7 +149,10 @@ bool pn_page_try_mark_full(pn_page_t *page) {
   return true;
 }
 
-/* A free from a thread that does not own the page: one CAS push.
+/* Blocks freed by a thread that does not own the page, head..tail (`count`
+ * of them, already linked; pools push a run of one page's objects at once)
+ * or one block (pn_page_free_remote): one CAS push, the count packed in the
+ * word.
  * ABA cannot hurt a push: we never read through the old head, we only link
  * to it, so whatever happened to it between the load and the CAS, the list
  * we publish is the one we saw with our block in front.
@@ -158,9 +161,8 @@ bool pn_page_try_mark_full(pn_page_t *page) {
  * one (see pn_page_try_mark_full) that reports the page to its owner through
  * segment->xfull_freed (release, matching the owner's acquire exchange in
  * pn_segment_take_full_freed). */
-void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
-                         const char *fn) {
-  pn_block_release_remote(page, block, fn);
+void pn_page_push_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *head, pn_block_t *tail,
+                         uint32_t count) {
   uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
   uintptr_t word;
   bool reporting = false;
@@ -169,14 +171,20 @@ void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *blo
       pn_page_report_begin(segment); /* before the CAS that may publish (internal.h) */
       reporting = true;
     }
-    pn_block_set_next(page, block, (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK));
-    uintptr_t count = (old >> PN_THREAD_FREE_COUNT_SHIFT) + 1;
-    word = (uintptr_t)block | (count << PN_THREAD_FREE_COUNT_SHIFT);
+    pn_block_set_next(page, tail, (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK));
+    uintptr_t total = (old >> PN_THREAD_FREE_COUNT_SHIFT) + count;
+    word = (uintptr_t)head | (total << PN_THREAD_FREE_COUNT_SHIFT);
   } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, word));
   if (old & PN_THREAD_FREE_FULL)
     pn_atomic_fetch_or_release(&segment->xfull_freed, (uintptr_t)1 << page->index);
   if (reporting)
     pn_page_report_end(segment);
+}
+
+void pn_page_free_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *block,
+                         const char *fn) {
+  pn_block_release_remote(page, block, fn);
+  pn_page_push_remote(segment, page, block, block, 1);
 }
 
 /* The start of the block that contains `p` (for pages that hand out

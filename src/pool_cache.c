@@ -335,32 +335,6 @@ static void pool_free_local(pn_pool_cache_t *cache, pn_page_t *page, pn_block_t 
     pool_page_unfull(cache, page, false);
 }
 
-/* A run of objects of one page, freed by a thread that does not own it:
- * one CAS pushes them all (head..tail, `count` of them, linked), keeping
- * page.c's protocol (pn_page_free_remote): the count packed in the word,
- * the first push after the page was parked full reports it in
- * segment->xfull_freed. Release: publishes the links to the owner's acquire
- * exchange in pool_page_collect. */
-static void pool_page_push_remote(pn_segment_t *segment, pn_page_t *page, pn_block_t *head,
-                                  pn_block_t *tail, uint32_t count) {
-  uintptr_t old = pn_atomic_load_relaxed(&page->xthread_free);
-  uintptr_t word;
-  bool reporting = false;
-  do {
-    if (PN_UNLIKELY((old & PN_THREAD_FREE_FULL) != 0 && !reporting)) {
-      pn_page_report_begin(segment); /* before the CAS that may publish (internal.h) */
-      reporting = true;
-    }
-    pn_block_set_next(page, tail, (pn_block_t *)(old & PN_THREAD_FREE_PTR_MASK));
-    uintptr_t total = (old >> PN_THREAD_FREE_COUNT_SHIFT) + count;
-    word = (uintptr_t)head | (total << PN_THREAD_FREE_COUNT_SHIFT);
-  } while (!pn_atomic_cas_weak_release(&page->xthread_free, &old, word));
-  if (old & PN_THREAD_FREE_FULL)
-    pn_atomic_fetch_or_release(&segment->xfull_freed, (uintptr_t)1 << page->index);
-  if (reporting)
-    pn_page_report_end(segment);
-}
-
 /* Give free objects back to their pages: a local push for the pages of the
  * calling thread (whose cache is `cache`), one CAS per run of consecutive
  * objects of one other page. */
@@ -380,7 +354,7 @@ void pn_pool_return(pn_pool_cache_t *cache, pn_block_t *const *objs, uint32_t co
     }
     if (page != run_page) {
       if (run != 0)
-        pool_page_push_remote(run_segment, run_page, head, tail, run);
+        pn_page_push_remote(run_segment, run_page, head, tail, run);
       run_segment = segment;
       run_page = page;
       head = tail = block;
@@ -392,7 +366,7 @@ void pn_pool_return(pn_pool_cache_t *cache, pn_block_t *const *objs, uint32_t co
     run++;
   }
   if (run != 0)
-    pool_page_push_remote(run_segment, run_page, head, tail, run);
+    pn_page_push_remote(run_segment, run_page, head, tail, run);
 }
 
 /* A full magazine: give its `count` oldest objects back to their pages. */
