@@ -24,10 +24,7 @@
 // ThreadSanitizer defers an asynchronous signal to a point where its runtime
 // can take it (an interceptor call), so there few stops land inside pantry
 // (about 2% of those sent, against 35-45% in release and ASan builds): under
-// TSan the test checks progress and races more than stop points. Its runtime
-// also cannot take a signal while it tears a thread down, so there the
-// short-lived threads block the stop signal before they exit (no stops in
-// the key destructors under TSan).
+// TSan the test checks progress and races more than stop points.
 //
 // PANTRY_TEST_SCALE multiplies the stops (2000 landed per unit, within a
 // time budget of 45 s, 30 s under TSan); PANTRY_TEST_STALL_MS sets the
@@ -197,15 +194,6 @@ void on_stop_signal(int, siginfo_t *, void *ucv) {
   errno = saved_errno;
 }
 
-/* From here on no stop signal reaches the calling thread: one sent before
- * stays pending and is discarded when the thread exits. */
-void block_stop_signal(int sig) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, sig);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-}
-
 void sleep_ns(long ns) {
   struct timespec ts = {ns / 1000000000, ns % 1000000000};
   nanosleep(&ts, nullptr);
@@ -236,7 +224,7 @@ struct Shared {
 
 void count_drop(void *, void *ctx) { static_cast<Shared *>(ctx)->drops.fetch_add(1); }
 
-void worker_main(Shared &sh, unsigned id, int sig) {
+void worker_main(Shared &sh, unsigned id) {
   t_role = static_cast<int>(id);
   Rng rng(mix64(id + 77));
   constexpr unsigned kLive = 64;
@@ -331,9 +319,6 @@ void worker_main(Shared &sh, unsigned id, int sig) {
     sh.progress[id].fetch_add(1, std::memory_order_relaxed);
   }
   t_role = -1; // not stoppable from here on: the stopper no longer runs
-  // A stop the stopper withdrew may still be pending; it must not arrive
-  // while the thread exits (see churn_main).
-  block_stop_signal(sig);
   for (void *p : live)
     pantry_free(p);
   for (unsigned j = 0; j < 16; j++)
@@ -344,7 +329,7 @@ void worker_main(Shared &sh, unsigned id, int sig) {
 /* A short-lived thread: its first allocations create a heap and adopt
  * abandoned segments; it exits with live blocks (left in the orphan slots),
  * so its key destructor abandons segments to the depot. */
-void churn_main(Shared &sh, unsigned k, std::uint64_t n, int sig) {
+void churn_main(Shared &sh, unsigned k, std::uint64_t n) {
   sh.churn_tid[k].store(static_cast<int>(syscall(SYS_gettid)));
   t_role = kChurnRole + static_cast<int>(k);
   Rng rng(mix64(n * 31 + k));
@@ -365,17 +350,6 @@ void churn_main(Shared &sh, unsigned k, std::uint64_t n, int sig) {
   void *keep = sh.pool_mail[rng.range(0, kSlots - 1)].exchange(pantry_pool_alloc(sh.pools[0]));
   pantry_pool_free(sh.pools[0], keep);
   pantry_pool_free(sh.pools[1], obj);
-  if (kUnderTsan) {
-    // ThreadSanitizer (clang 14) tears a thread's state down in the last
-    // round of key destructors; a signal that arrives during or after that
-    // crashes its signal handler (seen in CI: SIGSEGV, no report; reproduced
-    // by signalling a thread that waits in a round-4 key destructor). So
-    // under TSan a short-lived thread is no longer stoppable once its body
-    // is done.
-    sh.churn_tid[k].store(0);
-    block_stop_signal(sig);
-    return;
-  }
   t_site = kSiteThreadExit; // stoppable through pantry's key destructor
   sh.churn_exiting[k].store(1);
 }
@@ -432,13 +406,13 @@ TEST_CASE("lockfree: a thread stopped anywhere inside pantry never stops the oth
 
   std::vector<std::thread> threads;
   for (unsigned w = 0; w < workers; w++)
-    threads.emplace_back(worker_main, std::ref(sh), w, sig);
+    threads.emplace_back(worker_main, std::ref(sh), w);
   // Two short-lived threads at a time, replaced as soon as they exit.
-  std::thread churn_manager([&sh, sig] {
+  std::thread churn_manager([&sh] {
     std::uint64_t n = 0;
     while (!sh.stop.load()) {
-      std::thread a(churn_main, std::ref(sh), 0u, n++, sig);
-      std::thread b(churn_main, std::ref(sh), 1u, n++, sig);
+      std::thread a(churn_main, std::ref(sh), 0u, n++);
+      std::thread b(churn_main, std::ref(sh), 1u, n++);
       a.join();
       b.join();
       for (int k = 0; k < 2; k++) {
