@@ -265,6 +265,7 @@ static void deferred_batch_drop_pool_objects(pn_deferred_batch_t *batch) {
  * pointer in it was deferred. Runs on liburcu's call_rcu thread. Pool
  * objects are dropped here; the other blocks go back to their thread. */
 static void deferred_batch_rcu(struct rcu_head *head) {
+  pn_os_unblock_fault_signals(); /* liburcu's call_rcu thread blocks them */
   pn_deferred_batch_t *batch = caa_container_of(head, pn_deferred_batch_t, rcu_head);
   pn_deferred_tsan_acquire(batch);
   if (batch->pool_objects != 0)

@@ -227,6 +227,7 @@ static void deferred_worker_sleep(int64_t next_tick, bool poll) {
 
 static void *deferred_worker_main(void *arg) {
   (void)arg;
+  pthread_setname_np(pthread_self(), "pantry-deferred");
   const struct rcu_flavor_struct *registered = NULL;
   int64_t next_tick = deferred_now_ns() + DEFERRED_TICK_NS;
   for (;;) {
@@ -287,9 +288,8 @@ void pn_deferred_worker_ensure(void) {
     return;
   }
   deferred_tls_starting = true;
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old); /* the worker takes no signals */
+  sigset_t old;
+  pn_os_block_signals(&old); /* the worker takes no signals but its own faults */
   int err = pthread_create(&deferred_worker, NULL, deferred_worker_main, NULL);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (err != 0) {

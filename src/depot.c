@@ -169,6 +169,7 @@ static void depot_unmap(pn_segment_t *segment) {
 }
 
 static void depot_release_rcu(struct rcu_head *head) {
+  pn_os_unblock_fault_signals(); /* liburcu's call_rcu thread blocks them */
   pn_segment_t *segment = depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head));
   /* A purger madvises part of it, or a remote free has yet to report a
    * page that left the full state (internal.h, pn_page_report_begin):
@@ -197,6 +198,7 @@ static void depot_release_rcu(struct rcu_head *head) {
 }
 
 static void depot_unmap_rcu(struct rcu_head *head) {
+  pn_os_unblock_fault_signals();
   depot_unmap(depot_handoff_take(caa_container_of(head, pn_segment_t, rcu_head)));
 }
 

@@ -13,6 +13,7 @@
 #ifndef PN_INTERNAL_H
 #define PN_INTERNAL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -322,6 +323,8 @@ void *pn_os_alloc_aligned(size_t size, size_t align) PN_HIDDEN;
 void pn_os_free(void *p, size_t size) PN_HIDDEN;
 void pn_os_purge(void *p, size_t size) PN_HIDDEN;
 void pn_os_protect(void *p, size_t size) PN_HIDDEN;
+void pn_os_block_signals(sigset_t *old) PN_HIDDEN;
+void pn_os_unblock_fault_signals(void) PN_HIDDEN;
 
 /* The segment map: one bit per PN_SEGMENT_SIZE of the 48-bit address space,
  * set while a segment is mapped there (8 MiB of .bss, touched lazily). */

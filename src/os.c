@@ -1,4 +1,5 @@
-/* os.c - the bottom layer: address space from the kernel.
+/* os.c - the bottom layer: address space from the kernel, and the signal
+ * masks of pantry's threads.
  *
  * Owns: mmap/munmap/madvise calls and the segment map (one bit per 4 MiB of
  * the 48-bit address space, set while a pantry segment is mapped there).
@@ -7,6 +8,7 @@
  * (relaxed) by every free to reject pointers pantry never handed out.
  */
 #include <errno.h>
+#include <signal.h>
 #include <sys/mman.h>
 
 #include "internal.h"
@@ -69,4 +71,39 @@ void pn_os_purge(void *p, size_t size) {
   if (size == 0)
     return;
   (void)madvise(p, size, MADV_DONTNEED);
+}
+
+/* Signals and pantry's threads. A fault (SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+ * SIGTRAP, SIGSYS) is raised in the thread that caused it. If that thread
+ * blocks the signal, the kernel kills the process at once: no handler runs,
+ * so no sanitizer report and no message says where. So pantry's threads
+ * block every signal but these. */
+static const int os_fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS};
+#define OS_FAULT_SIGNALS (sizeof os_fault_signals / sizeof os_fault_signals[0])
+
+/* Around pthread_create of pantry's own threads (purge, deferred worker):
+ * block every signal but the faults, so none meant for the program lands
+ * on them; *old receives the caller's mask, to set back after the create. */
+void pn_os_block_signals(sigset_t *old) {
+  sigset_t set;
+  sigfillset(&set);
+  for (size_t i = 0; i < OS_FAULT_SIGNALS; i++)
+    sigdelset(&set, os_fault_signals[i]);
+  pthread_sigmask(SIG_SETMASK, &set, old);
+}
+
+/* In pantry's call_rcu callbacks: liburcu starts its call_rcu threads with
+ * every signal blocked, faults too. Once per thread (the flag is the
+ * thread's own). */
+static _Thread_local bool os_faults_unblocked;
+
+void pn_os_unblock_fault_signals(void) {
+  if (PN_LIKELY(os_faults_unblocked))
+    return;
+  os_faults_unblocked = true;
+  sigset_t set;
+  sigemptyset(&set);
+  for (size_t i = 0; i < OS_FAULT_SIGNALS; i++)
+    sigaddset(&set, os_fault_signals[i]);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }

@@ -607,10 +607,10 @@ void pn_purge_thread_start_maybe(void) {
     pn_atomic_store_release32(&purge_xlife, LIFE_NONE);
     return;
   }
-  /* The thread blocks every signal, so none meant for the program lands on it. */
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
+  /* The thread blocks every signal but the faults, so none meant for the
+   * program lands on it. */
+  sigset_t old;
+  pn_os_block_signals(&old);
   int err = pthread_create(&purge_thread, NULL, purge_thread_main, NULL);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (err != 0) {

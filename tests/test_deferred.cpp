@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -766,5 +767,48 @@ TEST_CASE("deferred: a held reader keeps a pool object's drop from running", "[d
   pantry_deferred_barrier();
   CHECK(early == 0);
   REQUIRE(drops.load() == 100);
+  pantry_pool_destroy(pool);
+}
+
+// A fault in a thread that blocks SIGSEGV kills the process with no handler
+// run: no sanitizer report, no message. liburcu starts its call_rcu threads
+// with every signal blocked, and pantry its purge thread and deferred
+// worker; they must still take their own faults.
+TEST_CASE("deferred: pantry's threads and the RCU callback thread take their own faults",
+          "[deferred]") {
+  static std::atomic<long> drop_tid{0};
+  drop_tid.store(0);
+  pantry_pool_t *pool =
+      small_pool("deferred-faults", [](void *, void *) { drop_tid.store(syscall(SYS_gettid)); });
+  pantry_pool_free_deferred(pool, pantry_pool_alloc(pool));
+  pantry_deferred_barrier(); // the drop ran on liburcu's call_rcu thread
+  // The purge thread starts once pantry maps its second segment.
+  std::vector<void *> blocks_held;
+  for (int i = 0; i < 800; i++)
+    blocks_held.push_back(pantry_malloc(16384));
+  for (void *p : blocks_held)
+    pantry_free(p);
+  long purge = 0;
+  for (int i = 0; i < 500 && purge == 0; i++) { // the thread names itself when it runs
+    purge = thread_named("pantry-purge");
+    if (purge == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  unsigned long long mask = 0;
+  REQUIRE(purge != 0);
+  REQUIRE(blocked_signals(purge, &mask));
+  CHECK_FALSE(blocks_signal(mask, SIGSEGV));
+  CHECK_FALSE(blocks_signal(mask, SIGBUS));
+  CHECK(blocks_signal(mask, SIGUSR1)); // signals meant for the program stay away
+  REQUIRE(drop_tid.load() != 0);
+  REQUIRE(blocked_signals(drop_tid.load(), &mask));
+  CHECK_FALSE(blocks_signal(mask, SIGSEGV));
+  CHECK_FALSE(blocks_signal(mask, SIGBUS));
+  const long worker = thread_named("pantry-deferred");
+  REQUIRE(worker != 0);
+  REQUIRE(blocked_signals(worker, &mask));
+  CHECK_FALSE(blocks_signal(mask, SIGSEGV));
+  CHECK_FALSE(blocks_signal(mask, SIGBUS));
+  CHECK(blocks_signal(mask, SIGUSR1));
   pantry_pool_destroy(pool);
 }

@@ -1,6 +1,7 @@
 // test_util.hpp - helpers shared by the test files: the stress-test knobs read
 // from the environment, a deterministic random generator, byte patterns that
-// tell every block apart, and the process's resident set size.
+// tell every block apart, the process's resident set size, and its threads
+// as /proc shows them.
 //
 // Catch2 assertions are not thread-safe: worker threads use only what is here
 // (no REQUIRE/CHECK) and report into atomics that the main thread asserts.
@@ -16,6 +17,7 @@
 #include <mutex>
 #include <string>
 
+#include <dirent.h>
 #include <unistd.h>
 
 namespace pantry_test {
@@ -149,6 +151,47 @@ inline std::size_t rss_bytes() {
     return 0;
   long page = sysconf(_SC_PAGESIZE);
   return static_cast<std::size_t>(resident) * static_cast<std::size_t>(page > 0 ? page : 4096);
+}
+
+/* The blocked-signal mask of thread `tid` of this process (SigBlk in
+ * /proc), or false when the thread is gone. */
+inline bool blocked_signals(long tid, unsigned long long *mask) {
+  std::string path = "/proc/self/task/" + std::to_string(tid) + "/status";
+  FILE *f = std::fopen(path.c_str(), "r");
+  if (f == nullptr)
+    return false;
+  char line[256];
+  bool found = false;
+  while (!found && std::fgets(line, sizeof line, f) != nullptr)
+    found = std::sscanf(line, "SigBlk: %llx", mask) == 1;
+  std::fclose(f);
+  return found;
+}
+
+inline bool blocks_signal(unsigned long long mask, int sig) { return (mask >> (sig - 1)) & 1; }
+
+/* The kernel id of this process's thread named `name` (pantry's threads
+ * name themselves first thing in their body: "pantry-purge",
+ * "pantry-deferred"), or 0. */
+inline long thread_named(const char *name) {
+  DIR *dir = opendir("/proc/self/task");
+  long tid = 0;
+  if (dir == nullptr)
+    return 0;
+  const std::size_t len = std::strlen(name);
+  while (struct dirent *e = readdir(dir)) {
+    std::string comm = std::string("/proc/self/task/") + e->d_name + "/comm";
+    FILE *f = std::fopen(comm.c_str(), "r");
+    if (f == nullptr)
+      continue;
+    char buf[32] = {};
+    if (std::fgets(buf, sizeof buf, f) != nullptr && std::strncmp(buf, name, len) == 0 &&
+        buf[len] == '\n')
+      tid = std::atol(e->d_name);
+    std::fclose(f);
+  }
+  closedir(dir);
+  return tid;
 }
 
 } // namespace pantry_test
