@@ -21,9 +21,16 @@
  *     thread in pantry_collect) claims due units with the same fetch_and and
  *     madvises only what it cleared.
  * A purger first marks the units it will claim in xpurging and clears the
- * mark after its madvise returns. An owner that cleared only some of a
- * page's units (a purger got the others) and sees a mark on the others
- * gives back what it cleared and takes another page: it never waits.
+ * mark after its madvise returns. A mark belongs to the purger whose
+ * fetch_or set it: a purger that finds a unit marked already leaves it to
+ * that one, and clears only marks it set itself (purge_claim_units). Before
+ * that rule a purger that lost a unit cleared the mark of the purger that
+ * won it, so the owner could take the unit back, and the depot's release
+ * callback unmap the segment, while the winner's madvise was still to come
+ * (seen under TSan: the purge thread's purge_finish faulted on a segment
+ * unmapped after its scan claimed 11 units). An owner that cleared only
+ * some of a page's units (a purger got the others) and sees a mark on the
+ * others gives back what it cleared and takes another page: it never waits.
  *   Order: purger fetch_or(xpurging) -> fetch_and(xpurge_pending); owner
  *   fetch_and(xpurge_pending) -> load_acquire(xpurging). Both fetch_ands are
  *   acq_rel: when the purger's comes first, the owner's acquires it and sees
@@ -198,6 +205,22 @@ void pn_purge_page_release(pn_segment_t *segment, unsigned page_index) {
   }
 }
 
+/* Claim `units` of `segment` for a madvise: mark them, then clear their
+ * pending bits; returns the units won, marked until purge_finish. A unit
+ * marked already belongs to the purger that marked it (it may be winning it
+ * right now): it is left alone. Of the marks this call set, those whose
+ * unit it did not win (the owner took it, or it was not pending) are
+ * cleared at once; it never clears a mark it did not set.
+ *   Order: fetch_or(xpurging) -> fetch_and(xpurge_pending), both acq_rel:
+ *   see the top comment for the owner's side (pn_purge_page_take). */
+static uintptr_t purge_claim_units(pn_segment_t *segment, uintptr_t units) {
+  uintptr_t mine = units & ~pn_atomic_fetch_or_acq_rel(&segment->xpurging, units);
+  uintptr_t won = pn_atomic_fetch_and_acq_rel(&segment->xpurge_pending, ~mine) & mine;
+  if (mine & ~won)
+    pn_atomic_fetch_and_release(&segment->xpurging, ~(mine & ~won));
+  return won;
+}
+
 /* Heap layer, owner only, right after page `index` was released: if this
  * thread holds more emptied memory than PN_PURGE_RESERVE_UNITS, give the
  * page's memory back now, so a burst of frees returns its memory as it
@@ -205,11 +228,7 @@ void pn_purge_page_release(pn_segment_t *segment, unsigned page_index) {
 uint32_t pn_purge_page_now(pn_segment_t *segment, unsigned page_index) {
   if (PN_LIKELY(purge_local_pending <= PN_PURGE_RESERVE_UNITS))
     return 0;
-  uintptr_t units = purge_page_units(segment, page_index);
-  pn_atomic_fetch_or_acq_rel(&segment->xpurging, units);
-  uintptr_t won = pn_atomic_fetch_and_acq_rel(&segment->xpurge_pending, ~units) & units;
-  if (units & ~won)
-    pn_atomic_fetch_and_release(&segment->xpurging, ~(units & ~won));
+  uintptr_t won = purge_claim_units(segment, purge_page_units(segment, page_index));
   purge_finish(segment, won);
   uint32_t n = (uint32_t)__builtin_popcountll(won);
   purge_local_pending = purge_local_pending > n ? purge_local_pending - n : 0;
@@ -246,14 +265,8 @@ static uint64_t purge_claim(pn_segment_t *segment, uint64_t now, bool all, size_
       next = at;
     }
   }
-  if (due == 0)
-    return next;
-  pn_atomic_fetch_or_acq_rel(&segment->xpurging, due);
-  /* Acq_rel: the claim; see the top comment for its partner in page_take. */
-  uintptr_t won = pn_atomic_fetch_and_acq_rel(&segment->xpurge_pending, ~due) & due;
-  if (due & ~won)
-    pn_atomic_fetch_and_release(&segment->xpurging, ~(due & ~won));
-  *claimed = won;
+  if (due != 0)
+    *claimed = purge_claim_units(segment, due);
   return next;
 }
 
