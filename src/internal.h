@@ -407,11 +407,10 @@ size_t pn_page_shrink(pn_page_t *page) PN_HIDDEN;
  * the CAS that publishes to after the report, and the depot's release
  * waits (another grace period, and another) while the count is not 0.
  * Without it a thread stopped between the two (the lock-freedom test stops
- * threads anywhere) would write into an unmapped segment: the likely cause
- * of that test's one crash under AddressSanitizer in CI, whose output was
- * lost. Acq_rel: the increment comes before the
- * publishing CAS (release), which the owner's collect acquires, so every
- * release that follows sees it; the decrement comes after the report. */
+ * threads anywhere) would write into an unmapped segment. Acq_rel: the
+ * increment comes before the publishing CAS (release), which the owner's
+ * collect acquires, so every release that follows sees it; the decrement
+ * comes after the report. */
 static inline void pn_page_report_begin(pn_segment_t *segment) {
   pn_atomic_fetch_add_acq_rel(&segment->xreporting, 1);
 }

@@ -8,7 +8,6 @@
  * (relaxed) by every free to reject pointers pantry never handed out.
  */
 #include <errno.h>
-#include <signal.h>
 #include <sys/mman.h>
 
 #include "internal.h"
